@@ -1,0 +1,32 @@
+# The two commands of the README: `make up` runs the service, `make test` runs the tests.
+# Both install and start what they need on a fresh Debian 12 machine (as root).
+SHELL := /bin/bash
+VENV := .venv/bin
+
+.PHONY: up down test unit integration lint deps image
+
+up:
+	@bash deploy/up.sh
+
+down:
+	@bash deploy/down.sh
+
+deps:
+	@bash deploy/install.sh && bash deploy/deps.sh && bash images/build.sh
+
+image:
+	@bash images/build.sh
+
+test: deps
+	$(VENV)/pytest -q -ra
+
+unit:
+	$(VENV)/pytest -q tests/unit
+
+integration: deps
+	$(VENV)/pytest -q -ra tests/integration
+
+lint:
+	$(VENV)/ruff check sandbox tests
+	$(VENV)/ruff format --check sandbox tests
+	$(VENV)/mypy sandbox

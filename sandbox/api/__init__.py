@@ -1,0 +1,1 @@
+"""HTTP API: parse, authenticate, call one service method, map the outcome to HTTP."""

@@ -1,0 +1,23 @@
+"""Bearer tokens from SANDBOX_API_TOKENS, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from ..errors import Unauthorized
+
+
+def require_token(request: Request) -> None:
+    tokens: list[str] = request.app.state.ctx.settings.token_list
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    # Compare against every token so the time taken does not reveal which one nearly matched.
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(given.strip().encode(), token.encode())
+    if not matched:
+        raise Unauthorized("invalid bearer token")

@@ -1,0 +1,37 @@
+"""The objects an API process shares across requests, built by the app factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+from celery import Celery
+
+from ..config import Settings
+from ..rollouts import RolloutService
+from ..store import Store
+from ..tools import ToolService
+from ..worker.dispatch import CeleryDispatcher
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    store: Store
+    celery: Celery
+    rollouts: RolloutService
+    tools: ToolService
+    # Tool calls block on Redis while the sandbox works; each holds a thread, so the
+    # limit is how many calls one API process keeps in flight.
+    limiter: anyio.CapacityLimiter
+
+    @classmethod
+    def build(cls, settings: Settings, threads: int = 1024) -> ApiContext:
+        from ..worker.app import create_celery
+
+        store = Store.from_url(settings.redis_url, settings.key_prefix, settings.lifecycle.retention_s, max_connections=threads + 64)
+        celery = create_celery(settings)
+        dispatcher = CeleryDispatcher(celery, settings)
+        rollouts = RolloutService(store, dispatcher, settings)
+        tools = ToolService(store, dispatcher, rollouts, settings)
+        return cls(settings, store, celery, rollouts, tools, anyio.CapacityLimiter(threads))

@@ -1,0 +1,1 @@
+"""Sandbox backends: the lifecycle of containers and the way requests reach their guest."""

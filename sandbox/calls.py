@@ -1,0 +1,286 @@
+"""Tool calls as plain data: parsing the platform's payload, validating arguments,
+and turning what ran into the text the model reads.
+
+Pure functions only (no I/O), so this is where most unit tests point.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import BadRequest, InvalidRolloutId, MissingRolloutId, UnknownTool
+from .outcomes import OK_REASON, TOOLS, ModelReason, Outcome
+
+MAX_ROLLOUT_ID_LEN = 256
+MAX_CALL_ID_LEN = 256
+MAX_PATH_LEN = 4096
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call as the platform sent it, with the rollout resolved."""
+
+    tool: str
+    rollout_id: str
+    call_id: str
+    item_id: Any  # the payload's opaque `id`, echoed back
+    arguments: dict[str, Any] | None  # None when the model's arguments did not parse
+    raw_arguments: Any
+    item: dict[str, Any] | None
+    arguments_error: str = ""  # why `arguments` is None: a model error, answered 200
+
+
+@dataclass
+class CallResult:
+    """How a call ended: the record kept in the trajectory and replayed on retries."""
+
+    call_id: str
+    item_id: Any
+    tool: str
+    arguments: Any
+    outcome: str
+    reason: str
+    output: str
+    exit_code: int | None = None
+    duration_ms: float = 0.0
+    output_bytes: int = 0
+    truncated_bytes: int = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CallResult:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def check_rollout_id(rollout_id: Any) -> str:
+    """Rollout ids become Redis keys and container labels: keep them printable and short."""
+    if not isinstance(rollout_id, str) or not rollout_id.strip():
+        raise MissingRolloutId(MissingRolloutId.__doc__ or "")
+    if len(rollout_id) > MAX_ROLLOUT_ID_LEN:
+        raise InvalidRolloutId(f"rollout id longer than {MAX_ROLLOUT_ID_LEN} characters")
+    if not rollout_id.isprintable():
+        raise InvalidRolloutId("rollout id contains control characters")
+    return rollout_id
+
+
+def check_tool(tool: str) -> str:
+    if tool not in TOOLS:
+        raise UnknownTool(f"unknown tool {tool!r}; this service offers: {', '.join(TOOLS)}")
+    return tool
+
+
+def parse_tool_call(
+    tool: str,
+    body: Any,
+    *,
+    path_rollout_id: str | None = None,
+    header_rollout_id: str | None = None,
+) -> ToolCall:
+    """Read an OpenAI Agent RFT `function_call` payload.
+
+    Raises BadRequest (and subclasses) for what no retry can fix. Arguments the model
+    wrote badly are not an exception: they come back in `arguments_error`.
+    """
+    check_tool(tool)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    rollout_id = path_rollout_id or body.get("trace_id") or header_rollout_id
+    rollout_id = check_rollout_id(rollout_id)
+
+    call_id = body.get("call_id")
+    if call_id is None or call_id == "":
+        # Without a call_id a retry cannot be recognised; give the call its own id.
+        call_id = f"anon-{uuid.uuid4().hex}"
+    if not isinstance(call_id, str) or len(call_id) > MAX_CALL_ID_LEN or not call_id.isprintable():
+        raise BadRequest(f"call_id must be a printable string of at most {MAX_CALL_ID_LEN} characters")
+
+    item = body.get("item")
+    if item is not None and not isinstance(item, dict):
+        raise BadRequest("item must be a JSON object (the dataset row)")
+
+    raw = body.get("arguments", {})
+    arguments, error = decode_arguments(raw)
+    return ToolCall(
+        tool=tool,
+        rollout_id=rollout_id,
+        call_id=call_id,
+        item_id=body.get("id"),
+        arguments=arguments,
+        raw_arguments=raw,
+        item=item,
+        arguments_error=error,
+    )
+
+
+def decode_arguments(raw: Any) -> tuple[dict[str, Any] | None, str]:
+    """Arguments arrive as a JSON-encoded string or as an object; both must work."""
+    if raw is None:
+        return {}, ""
+    if isinstance(raw, dict):
+        return raw, ""
+    if isinstance(raw, str):
+        if not raw.strip():
+            return {}, ""
+        try:
+            decoded = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            return None, f"arguments are not valid JSON ({exc.msg} at position {exc.pos})"
+        if not isinstance(decoded, dict):
+            return None, "arguments must be a JSON object"
+        return decoded, ""
+    return None, "arguments must be a JSON object or a JSON-encoded string"
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShellArgs:
+    command: str
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class ReadFileArgs:
+    path: str
+    start_line: int | None
+    end_line: int | None
+
+
+def validate_shell(args: dict[str, Any], *, default_timeout: float, max_timeout: float, max_command_bytes: int) -> ShellArgs | str:
+    """Return the checked arguments, or the sentence that tells the model what to fix."""
+    command = args.get("command", args.get("cmd"))
+    if isinstance(command, list) and all(isinstance(p, str) for p in command):
+        command = " ".join(command)  # some models send argv lists; bash -c of the join is what they mean
+    if not isinstance(command, str):
+        return 'shell: "command" is required and must be a string'
+    if not command.strip():
+        return "shell: the command is empty"
+    if "\x00" in command:
+        return "shell: the command contains a NUL byte"
+    size = len(command.encode("utf-8", "surrogatepass"))
+    if size > max_command_bytes:
+        return f"shell: the command is {size} bytes; the limit is {max_command_bytes} bytes"
+    timeout = args.get("timeout", default_timeout)
+    if timeout is None:
+        timeout = default_timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        return 'shell: "timeout" must be a number of seconds'
+    if timeout <= 0:
+        return 'shell: "timeout" must be positive'
+    return ShellArgs(command=command, timeout_s=float(min(timeout, max_timeout)))
+
+
+def validate_read_file(args: dict[str, Any]) -> ReadFileArgs | str:
+    path = args.get("path", args.get("file_path"))
+    if not isinstance(path, str) or not path:
+        return 'read_file: "path" is required and must be a non-empty string'
+    if "\x00" in path:
+        return "read_file: the path contains a NUL byte"
+    if len(path) > MAX_PATH_LEN:
+        return f"read_file: the path is longer than {MAX_PATH_LEN} characters"
+    lines: dict[str, int | None] = {}
+    for key in ("start_line", "end_line"):
+        value = args.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f'read_file: "{key}" must be an integer'
+        if value is not None and value < 1:
+            return f'read_file: "{key}" is 1-based and must be at least 1'
+        lines[key] = value
+    start, end = lines["start_line"], lines["end_line"]
+    if start is not None and end is not None and start > end:
+        return f"read_file: start_line {start} is after end_line {end}"
+    return ReadFileArgs(path=path, start_line=start, end_line=end)
+
+
+# --- turning guest replies into what the model reads ---------------------------------------
+
+
+def shell_outcome(reply: dict[str, Any], *, timeout_s: float, memory_bytes: int) -> tuple[str, str, str]:
+    """(outcome, reason, output) of a finished shell command, decided by its exit evidence."""
+    output: str = reply.get("output", "")
+    if reply.get("timed_out"):
+        return (
+            Outcome.MODEL_ERROR,
+            ModelReason.TIMEOUT,
+            _append(output, f"[timed out after {timeout_s:g} s; the command was killed]"),
+        )
+    if reply.get("oom_killed"):
+        limit_mib = memory_bytes // (1024 * 1024)
+        return (
+            Outcome.MODEL_ERROR,
+            ModelReason.OOM_KILLED,
+            _append(output, f"[killed: out of memory (the sandbox has {limit_mib} MiB)]"),
+        )
+    signal = reply.get("signal")
+    if signal:
+        return Outcome.MODEL_ERROR, ModelReason.NONZERO_EXIT, _append(output, f"[killed by signal {signal}]")
+    exit_code = reply.get("exit_code")
+    if exit_code not in (0, None):
+        return Outcome.MODEL_ERROR, ModelReason.NONZERO_EXIT, _append(output, f"[exit code {exit_code}]")
+    return Outcome.OK, OK_REASON, output
+
+
+READ_FILE_STATUS_REASONS = {
+    "not_found": ModelReason.FILE_NOT_FOUND,
+    "is_a_directory": ModelReason.IS_A_DIRECTORY,
+    "binary": ModelReason.BINARY_FILE,
+    "permission_denied": ModelReason.PERMISSION_DENIED,
+    "invalid_range": ModelReason.INVALID_RANGE,
+    "not_a_regular_file": ModelReason.NOT_A_REGULAR_FILE,
+}
+
+
+def read_file_outcome(reply: dict[str, Any], path: str) -> tuple[str, str, str]:
+    status = reply.get("status", "error")
+    if status == "ok":
+        return Outcome.OK, OK_REASON, reply.get("content", "")
+    reason = READ_FILE_STATUS_REASONS.get(status)
+    if reason is None:
+        raise ValueError(f"guest answered read_file with unknown status {status!r}")
+    message = reply.get("message") or _READ_FILE_MESSAGES[reason].format(path=path)
+    return Outcome.MODEL_ERROR, reason, f"read_file: {message}"
+
+
+_READ_FILE_MESSAGES = {
+    ModelReason.FILE_NOT_FOUND: "no such file: {path}",
+    ModelReason.IS_A_DIRECTORY: "{path} is a directory; list it with the shell tool",
+    ModelReason.BINARY_FILE: "{path} is a binary file and is not shown",
+    ModelReason.PERMISSION_DENIED: "permission denied: {path}",
+    ModelReason.INVALID_RANGE: "the line range is outside {path}",
+    ModelReason.NOT_A_REGULAR_FILE: "{path} is not a regular file",
+}
+
+
+def _append(output: str, note: str) -> str:
+    if output and not output.endswith("\n"):
+        output += "\n"
+    return output + note
+
+
+def cap_text(text: str, cap_bytes: int) -> tuple[str, int]:
+    """Keep head and tail of `text` within about `cap_bytes`; return it and the bytes left out.
+
+    The guest caps output already; this guards the paths that do not go through it.
+    """
+    data = text.encode("utf-8", "replace")
+    if len(data) <= cap_bytes:
+        return text, 0
+    head = cap_bytes // 2
+    tail = cap_bytes - head
+    omitted = len(data) - cap_bytes
+    marker = f"\n[... {omitted} bytes omitted ...]\n".encode()
+    joined = data[:head] + marker + data[len(data) - tail :]
+    return joined.decode("utf-8", "replace"), omitted

@@ -1,0 +1,64 @@
+"""`sandbox` command: run the API or a worker with the right flags from Settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import get_settings
+
+
+def run_api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    s = get_settings()
+    uvicorn.run(
+        "sandbox.api.app:create_app",
+        factory=True,
+        host=args.host or s.api_host,
+        port=args.port or s.api_port,
+        log_level=args.log_level,
+        # One process serves hundreds of calls at once (they wait on Redis in threads).
+        workers=1,
+        timeout_keep_alive=30,
+        backlog=2048,
+    )
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    s = get_settings()
+    queues = [s.provision_queue, s.host_queue, s.maintenance_queue]
+    argv = [
+        sys.executable, "-m", "celery", "-A", "sandbox.worker.app:celery_app", "worker",
+        "--pool", "threads",
+        "--concurrency", str(s.worker_concurrency),
+        "--queues", ",".join(queues),
+        "--hostname", f"sandbox-{s.instance}@{s.host_id}",
+        "--loglevel", args.log_level.upper(),
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    if args.beat:
+        argv += ["--beat", "--schedule", args.beat_schedule]
+    os.execv(argv[0], argv)  # celery's own CLI in this interpreter, so signals reach it directly
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sandbox", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    api = sub.add_parser("api", help="run the HTTP API (uvicorn)")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.add_argument("--log-level", default="info")
+    api.set_defaults(func=run_api)
+    worker = sub.add_parser("worker", help="run a Celery worker for this sandbox host")
+    worker.add_argument("--beat", action="store_true", help="also run beat (reaper and reconciler schedule)")
+    worker.add_argument("--beat-schedule", default=".run/celerybeat-schedule")
+    worker.add_argument("--log-level", default="info")
+    worker.set_defaults(func=run_worker)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Settings: one object, read from `SANDBOX_*` environment variables.
+
+Nested areas use a double underscore, e.g. `SANDBOX_SHELL__DEFAULT_TIMEOUT_S=60`.
+Build it through `get_settings()`, never at import time, so tests and processes can
+set the environment first.
+"""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_GUEST_DIR = Path(__file__).resolve().parent / "guest"
+PLACEHOLDER_TOKENS = {"", "changeme", "change-me", "token", "secret", "dev-token"}
+
+
+class ShellSettings(BaseModel):
+    default_timeout_s: float = Field(30.0, gt=0, description="Deadline of a shell command when the call names none.")
+    max_timeout_s: float = Field(300.0, gt=0, description="Cap on the deadline a call may ask for.")
+    max_command_bytes: int = Field(64 * 1024, gt=0, description="Longer commands are refused as a model error.")
+
+
+class OutputSettings(BaseModel):
+    cap_bytes: int = Field(16 * 1024, ge=256, description="Tool output kept per call (head and tail).")
+
+
+class LimitSettings(BaseModel):
+    memory_bytes: int = Field(1024**3, ge=64 * 1024**2, description="Memory limit of a sandbox container (no swap).")
+    cpus: float = Field(1.0, gt=0, description="CPU limit of a sandbox container.")
+    pids: int = Field(256, ge=32, description="Process limit of a sandbox container (stops fork bombs).")
+
+
+class LifecycleSettings(BaseModel):
+    idle_ttl_s: float = Field(1800.0, gt=0, description="A rollout unused this long is released by the reaper.")
+    max_lifetime_s: float = Field(7200.0, gt=0, description="A rollout older than this is released by the reaper.")
+    reaper_interval_s: float = Field(30.0, gt=0, description="How often beat runs the reaper and reconciler.")
+    retention_s: float = Field(7 * 86400.0, gt=0, description="How long records and trajectories are kept after a rollout ends.")
+
+
+class TimeoutSettings(BaseModel):
+    provision_s: float = Field(180.0, gt=0, description="A first call waits this long for its container before failing as queue_timeout.")
+    queue_s: float = Field(60.0, gt=0, description="A tool call waits this long for a worker to pick it up.")
+    provision_stale_s: float = Field(300.0, gt=0, description="A provisioning claim older than this may be taken over.")
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. README.md has the table of these with their defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="SANDBOX_", env_nested_delimiter="__", extra="ignore")
+
+    env: str = Field("development", description="`development` or `production`; production refuses placeholder tokens.")
+    api_tokens: str = Field("", description="Comma-separated bearer tokens accepted by /v1/ routes.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="State store (rollouts, trajectories, hosts).")
+    broker_url: str = Field("", description="Celery broker; empty means redis_url.")
+    key_prefix: str = Field("sbx", description="Prefix of every Redis key, so instances can share a Redis.")
+    instance: str = Field("default", description="Service instance name, put on container labels and queue names.")
+    host_id: str = Field(default_factory=socket.gethostname, description="Stable id of this sandbox host (the worker's Docker engine).")
+    docker_host: str = Field("unix:///var/run/docker.sock", description="Docker engine the worker drives.")
+    image: str = Field("rollout-sandbox:bookworm", description="Image of the default environment.")
+    workdir: str = Field("/workspace", description="Working directory of tool commands inside the sandbox.")
+    sandbox_user: str = Field("sandbox", description="Unprivileged user that runs tool commands.")
+    run_dir: Path = Field(Path("/var/lib/rollout-sandbox/run"), description="Host directory holding each container's guest socket directory.")
+    guest_dir: Path = Field(_GUEST_DIR, description="Host directory with guest.py, mounted read-only into sandboxes.")
+    extra_labels: dict[str, str] = Field(default_factory=dict, description="Extra container labels (JSON), e.g. for tests.")
+    worker_concurrency: int = Field(64, ge=1, description="Threads of the Celery worker (tool calls wait on I/O).")
+    provision_concurrency: int = Field(6, ge=1, description="Container creations at once per host (what the engine sustains).")
+    worker_metrics_port: int = Field(9101, ge=0, description="Port of the worker's /metrics on 127.0.0.1; 0 disables it.")
+    api_host: str = Field("127.0.0.1", description="Address the API binds.")
+    api_port: int = Field(8000, description="Port the API binds.")
+
+    shell: ShellSettings = ShellSettings()
+    output: OutputSettings = OutputSettings()
+    limits: LimitSettings = LimitSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    timeouts: TimeoutSettings = TimeoutSettings()
+
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, value: str) -> str:
+        if value not in {"development", "production"}:
+            raise ValueError("env must be 'development' or 'production'")
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholder_tokens_in_production(self) -> Settings:
+        if self.env == "production":
+            tokens = self.token_list
+            if not tokens or any(t.lower() in PLACEHOLDER_TOKENS or len(t) < 16 for t in tokens):
+                raise ValueError("production needs SANDBOX_API_TOKENS of at least 16 characters, no placeholders")
+        return self
+
+    @property
+    def token_list(self) -> list[str]:
+        return [t.strip() for t in self.api_tokens.split(",") if t.strip()]
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def host_queue(self) -> str:
+        return host_queue_name(self.instance, self.host_id)
+
+    @property
+    def provision_queue(self) -> str:
+        return f"{self.instance}.provision"
+
+    @property
+    def maintenance_queue(self) -> str:
+        return f"{self.instance}.maintenance"
+
+
+def host_queue_name(instance: str, host_id: str) -> str:
+    """Every call touching an existing container goes to the queue of the host that owns it."""
+    return f"{instance}.host.{host_id}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

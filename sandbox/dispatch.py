@@ -1,0 +1,27 @@
+"""How the service layer hands work to sandbox hosts, without knowing it is Celery.
+
+`sandbox/worker/dispatch.py` implements this over Celery; replies come back through
+the store (`Store.wait_reply`), so any API replica can wait for any worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Dispatcher(Protocol):
+    def provision(self, rollout_id: str, attempt: int) -> None:
+        """Queue the creation of a rollout's container on the shared provisioning queue."""
+        ...
+
+    def execute(self, host: str, request: dict[str, Any], expires_s: float) -> None:
+        """Queue a tool call on the queue of the host that owns the rollout's container.
+
+        The task is dropped unstarted after `expires_s`, so a call the API gave up on
+        never runs later behind its back.
+        """
+        ...
+
+    def destroy(self, host: str, rollout_id: str, container_name: str) -> None:
+        """Queue the removal of a container on its host."""
+        ...

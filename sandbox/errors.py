@@ -1,0 +1,138 @@
+"""One root exception; each subclass carries its wire code, HTTP status and outcome.
+
+Exceptions stay picklable (Celery carries them): every constructor takes only the
+message, and class attributes say the rest.
+"""
+
+from __future__ import annotations
+
+from .outcomes import InfraReason, Outcome
+
+
+class SandboxError(Exception):
+    """Root of every error the service raises on purpose."""
+
+    code: str = "internal"
+    http_status: int = 500
+    outcome: Outcome | None = None  # None: a bad request, not a tool-call outcome
+    retryable: bool = False
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message or self.__class__.__doc__ or self.code
+
+    def to_wire(self) -> dict[str, object]:
+        return {"error": {"code": self.code, "message": self.message, "retryable": self.retryable}}
+
+
+# --- bad requests (4xx): no retry can fix them --------------------------------------------
+
+
+class BadRequest(SandboxError):
+    """The request cannot be understood."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class MissingRolloutId(BadRequest):
+    """No rollout id: send `trace_id`, the `X-Rollout-Id` header, or use /v1/rollouts/{id}/tools/{tool}."""
+
+    code = "missing_rollout_id"
+
+
+class InvalidRolloutId(BadRequest):
+    code = "invalid_rollout_id"
+
+
+class UnknownTool(SandboxError):
+    code = "unknown_tool"
+    http_status = 404
+
+
+class Unauthorized(SandboxError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class RolloutNotFound(SandboxError):
+    code = "rollout_not_found"
+    http_status = 404
+
+
+class CallInProgress(SandboxError):
+    """The same call_id is still running; retry later for its stored result."""
+
+    code = "call_in_progress"
+    http_status = 409
+    retryable = True
+
+
+# --- infrastructure failures (5xx): the trainer retries, then discards the rollout -------
+
+
+class InfraError(SandboxError):
+    """Our fault, never the model's: answered 503 and counted as infra_error."""
+
+    http_status = 503
+    outcome = Outcome.INFRA_ERROR
+    retryable = True
+    reason: InfraReason = InfraReason.INTERNAL
+
+    @property
+    def code(self) -> str:  # type: ignore[override]
+        return self.reason.value
+
+
+class ProvisionFailed(InfraError):
+    """The rollout's container could not be created."""
+
+    reason = InfraReason.PROVISION_FAILED
+
+
+class EngineUnavailable(InfraError):
+    """The Docker engine of the rollout's host does not answer."""
+
+    reason = InfraReason.ENGINE_UNAVAILABLE
+
+
+class SandboxLost(InfraError):
+    """The rollout's container is gone; the rollout cannot continue and must be discarded."""
+
+    reason = InfraReason.SANDBOX_LOST
+    retryable = False
+
+
+class QueueTimeout(InfraError):
+    """No worker took the work in time."""
+
+    reason = InfraReason.QUEUE_TIMEOUT
+
+
+class WorkerLost(InfraError):
+    """The worker running the call stopped answering."""
+
+    reason = InfraReason.WORKER_LOST
+
+
+class StoreUnavailable(InfraError):
+    """Redis, the state store, does not answer."""
+
+    reason = InfraReason.STORE_UNAVAILABLE
+
+
+class InternalError(InfraError):
+    """An unexpected fault in the service."""
+
+    reason = InfraReason.INTERNAL
+
+
+INFRA_ERRORS_BY_REASON: dict[str, type[InfraError]] = {
+    cls.reason.value: cls
+    for cls in (ProvisionFailed, EngineUnavailable, SandboxLost, QueueTimeout, WorkerLost, StoreUnavailable, InternalError)
+}
+
+
+def infra_error_from_reason(reason: str, message: str) -> InfraError:
+    """Rebuild an infra error carried as plain data (e.g. a worker's JSON reply)."""
+    return INFRA_ERRORS_BY_REASON.get(reason, InternalError)(message)

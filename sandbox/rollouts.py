@@ -1,0 +1,199 @@
+"""Rollout lifecycle: single-flight provisioning, release, and the record's view.
+
+`RolloutService` runs in the API (deciding and waiting); `Provisioner` runs in the
+worker of a sandbox host (creating the container on its own engine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import metrics
+from .backends.base import LABEL_ENVIRONMENT, LABEL_HOST, LABEL_INSTANCE, LABEL_ROLE, LABEL_ROLLOUT, Backend, SandboxSpec
+from .config import Settings
+from .dispatch import Dispatcher
+from .errors import InfraError, ProvisionFailed, QueueTimeout, RolloutNotFound, SandboxError, SandboxLost
+from .store import ENDED_STATES, EXPIRED, FAILED, LOST, PENDING, PROVISIONING, READY, RELEASED, RolloutRecord, Store
+
+log = logging.getLogger(__name__)
+DEFAULT_ENVIRONMENT = "default"
+READY_TIMEOUT_S = 30.0
+
+
+class RolloutReleased(SandboxError):
+    """The rollout was released; its sandbox is gone and it takes no more calls."""
+
+    code = "rollout_released"
+    http_status = 409
+
+
+def container_name(instance: str, rollout_id: str) -> str:
+    """Deterministic, so a re-run provisioning task finds the container it already made."""
+    digest = hashlib.sha256(rollout_id.encode()).hexdigest()[:24]
+    return f"sbx-{instance}-{digest}"
+
+
+def environment_of(item: dict[str, Any] | None) -> str:
+    env = (item or {}).get("environment")
+    return env if isinstance(env, str) and env else DEFAULT_ENVIRONMENT
+
+
+class RolloutService:
+    """API side: make sure a rollout has a ready sandbox, release it, describe it."""
+
+    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.settings = settings
+
+    def ensure_ready(self, rid: str, item: dict[str, Any] | None) -> RolloutRecord:
+        """Return the rollout's record once its container is ready, provisioning it if needed.
+
+        Parallel first calls race here; exactly one wins the claim and queues the
+        provisioning, the others wait for the same container.
+        Raises ProvisionFailed, QueueTimeout, SandboxLost, RolloutReleased, StoreUnavailable.
+        """
+        deadline = time.monotonic() + self.settings.timeouts.provision_s
+        waited_on: int | None = None  # the provisioning attempt this caller waits for
+        backoff = 0.005
+        while True:
+            rec = self.store.get_rollout(rid)
+            state = rec.state if rec else None
+            if rec is not None and state == READY:
+                return rec
+            if rec is not None and state in ENDED_STATES:
+                raise self._ended_error(rec)
+            if rec is not None and state == FAILED and waited_on == rec.provision_attempt:
+                raise ProvisionFailed(f"could not provision the sandbox: {rec.provision_error}")
+            stale = (
+                rec is not None
+                and state == PROVISIONING
+                and time.time() - rec.provision_claimed_at > self.settings.timeouts.provision_stale_s
+            )
+            if state in (None, PENDING, FAILED) or stale:
+                won, _, attempt = self.store.claim_provisioning(
+                    rid, environment_of(item), item, self.settings.timeouts.provision_stale_s
+                )
+                waited_on = attempt
+                if won:
+                    self.dispatcher.provision(rid, attempt)
+                continue
+            if waited_on is None and rec is not None:
+                waited_on = rec.provision_attempt
+            if time.monotonic() >= deadline:
+                raise QueueTimeout(
+                    f"no sandbox within {self.settings.timeouts.provision_s:g} s; the provisioning backlog is long"
+                )
+            time.sleep(backoff)
+            backoff = min(backoff * 1.5, 0.05)
+
+    def _ended_error(self, rec: RolloutRecord) -> SandboxError:
+        if rec.state == RELEASED:
+            return RolloutReleased(f"rollout {rec.rollout_id!r} was released ({rec.end_reason}); it takes no more calls")
+        if rec.state == EXPIRED:
+            # The platform still calls a rollout we reaped: its sandbox is gone, its work with it.
+            return SandboxLost(f"the rollout's sandbox was reaped ({rec.end_reason}); the rollout cannot continue")
+        return SandboxLost(f"the rollout's sandbox was lost ({rec.end_reason}); the rollout cannot continue")
+
+    def release(self, rid: str, reason: str = "released by request") -> RolloutRecord:
+        """End a rollout and remove its container. Idempotent. Raises RolloutNotFound."""
+        rec = self.store.get_rollout(rid)
+        if rec is None:
+            raise RolloutNotFound(f"no rollout {rid!r}")
+        previous = self.store.end_rollout(rid, RELEASED, reason)
+        if previous:
+            metrics.ROLLOUTS_ENDED.labels("released").inc()
+        if rec.host and rec.container_name:
+            self.dispatcher.destroy(rec.host, rid, rec.container_name)
+        return self.store.get_rollout(rid) or rec
+
+    def get(self, rid: str) -> RolloutRecord:
+        rec = self.store.get_rollout(rid)
+        if rec is None:
+            raise RolloutNotFound(f"no rollout {rid!r}")
+        return rec
+
+
+@dataclass
+class Provisioner:
+    """Worker side: create a rollout's container on this host's engine."""
+
+    store: Store
+    backend: Backend
+    settings: Settings
+    semaphore: threading.BoundedSemaphore
+
+    def provision(self, rid: str, attempt: int) -> str:
+        """Create the container for one claimed attempt. Returns what happened.
+
+        Safe to run twice (acks_late): the container name is derived from the rollout id,
+        so a second run adopts what the first made.
+        """
+        rec = self.store.get_rollout(rid)
+        if rec is None or rec.state != PROVISIONING or rec.provision_attempt != attempt:
+            return "skipped"
+        name = container_name(self.settings.instance, rid)
+        started = time.monotonic()
+        try:
+            with self.semaphore:
+                container_id = self.backend.create(self._spec(name, rec))
+                self.backend.wait_ready(name, READY_TIMEOUT_S)
+        except InfraError as exc:
+            return self._failed(rid, attempt, name, str(exc), started)
+        except Exception as exc:  # a bug must still end the attempt, or callers wait for nothing
+            log.exception("provisioning %s crashed", rid)
+            return self._failed(rid, attempt, name, f"internal error: {exc}", started)
+        if not self.store.mark_ready(rid, attempt, self.settings.host_id, container_id, name):
+            now = self.store.get_rollout(rid)
+            if now is None or now.state != PROVISIONING:  # released meanwhile: nobody will use it
+                self.backend.destroy(name)
+            return "superseded"
+        metrics.PROVISIONS.labels("ok").inc()
+        metrics.PROVISION_DURATION.labels("ok").observe(time.monotonic() - started)
+        return "ready"
+
+    def _failed(self, rid: str, attempt: int, name: str, message: str, started: float) -> str:
+        metrics.PROVISIONS.labels("failed").inc()
+        metrics.PROVISION_DURATION.labels("failed").observe(time.monotonic() - started)
+        self.store.mark_provision_failed(rid, attempt, message)
+        try:
+            self.backend.destroy(name)
+        except InfraError:
+            pass  # the reconciler removes it later
+        return "failed"
+
+    def _spec(self, name: str, rec: RolloutRecord) -> SandboxSpec:
+        s = self.settings
+        labels = {
+            LABEL_ROLLOUT: rec.rollout_id,
+            LABEL_ENVIRONMENT: rec.environment,
+            LABEL_INSTANCE: s.instance,
+            LABEL_HOST: s.host_id,
+            LABEL_ROLE: "rollout",
+            "sandbox.user": s.sandbox_user,
+            **s.extra_labels,
+        }
+        return SandboxSpec(
+            name=name,
+            image=s.image,
+            labels=labels,
+            memory_bytes=s.limits.memory_bytes,
+            cpus=s.limits.cpus,
+            pids=s.limits.pids,
+            workdir=s.workdir,
+            user=s.sandbox_user,
+        )
+
+
+def mark_lost(store: Store, rid: str, reason: str) -> bool:
+    """A sandbox that served results vanished: end the rollout as lost (and tainted), once."""
+    previous = store.end_rollout(rid, LOST, reason)
+    if previous:
+        metrics.ROLLOUTS_ENDED.labels("lost").inc()
+    return bool(previous)
+

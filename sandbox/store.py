@@ -1,0 +1,418 @@
+"""Everything the service knows lives here, in Redis: rollout records, trajectories,
+stored call results, the host registry. No state lives only in a process, so any API
+replica or worker can die and another carries on.
+
+Keys (prefix `P` = settings.key_prefix):
+  P:ro:{rid}            hash   the rollout record (see RolloutRecord)
+  P:ro:{rid}:calls      list   trajectory, one JSON CallResult per finished call
+  P:ro:{rid}:results    hash   call_id -> JSON CallResult, for retries (ok/model_error only)
+  P:ro:{rid}:inflight   hash   call_id -> claim time, while a call runs
+  P:live                zset   rid -> last used time, rollouts that hold or await a container
+  P:created             zset   rid -> creation time, same members, for the max lifetime
+  P:host:{id}           hash   a sandbox host's registration, expires without heartbeats
+  P:hosts               set    host ids ever registered
+  P:reply:{id}          list   a worker's reply to one dispatched task
+  P:started:{id}        string set when a worker starts a dispatched task
+State transitions are Lua scripts, so racing API replicas and workers see one order.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .calls import CallResult
+from .errors import StoreUnavailable
+from .outcomes import Outcome
+
+# Rollout states. `pending`: known (a call was recorded) but no container asked for yet.
+PENDING, PROVISIONING, READY, FAILED = "pending", "provisioning", "ready", "failed"
+RELEASED, EXPIRED, LOST = "released", "expired", "lost"
+LIVE_STATES = (PROVISIONING, READY)
+ENDED_STATES = (RELEASED, EXPIRED, LOST)
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    rollout_id: str
+    state: str
+    host: str = ""
+    container_id: str = ""
+    container_name: str = ""
+    environment: str = "default"
+    item: dict[str, Any] | None = None
+    created_at: float = 0.0
+    ready_at: float = 0.0
+    last_used_at: float = 0.0
+    ended_at: float = 0.0
+    end_reason: str = ""
+    provision_attempt: int = 0
+    provision_claimed_at: float = 0.0
+    provision_error: str = ""
+    tainted: bool = False
+    taint_reason: str = ""
+    calls: dict[str, int] | None = None
+
+    @classmethod
+    def from_hash(cls, rid: str, h: dict[str, str]) -> RolloutRecord:
+        def f(key: str) -> float:
+            return float(h.get(key) or 0.0)
+
+        return cls(
+            rollout_id=rid,
+            state=h.get("state", PENDING),
+            host=h.get("host", ""),
+            container_id=h.get("container_id", ""),
+            container_name=h.get("container_name", ""),
+            environment=h.get("environment", "default"),
+            item=json.loads(h["item"]) if h.get("item") else None,
+            created_at=f("created_at"),
+            ready_at=f("ready_at"),
+            last_used_at=f("last_used_at"),
+            ended_at=f("ended_at"),
+            end_reason=h.get("end_reason", ""),
+            provision_attempt=int(h.get("provision_attempt") or 0),
+            provision_claimed_at=f("provision_claimed_at"),
+            provision_error=h.get("provision_error", ""),
+            tainted=h.get("tainted") == "1",
+            taint_reason=h.get("taint_reason", ""),
+            calls={o.value: int(h.get(f"calls_{o.value}") or 0) for o in Outcome},
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The record as GET /v1/rollouts/{id} shows it."""
+        calls = dict(self.calls or {})
+        return {
+            "rollout_id": self.rollout_id,
+            "state": self.state,
+            "host": self.host or None,
+            "container_id": self.container_id or None,
+            "environment": self.environment,
+            "created_at": self.created_at or None,
+            "ready_at": self.ready_at or None,
+            "last_used_at": self.last_used_at or None,
+            "ended_at": self.ended_at or None,
+            "end_reason": self.end_reason or None,
+            "calls": {"total": sum(calls.values()), **calls},
+            "infra_tainted": self.tainted,
+            "taint_reason": self.taint_reason or None,
+            "provision_error": self.provision_error or None,
+        }
+
+
+# Create the record if missing (state pending), never touching an existing one.
+_ENSURE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'state', 'pending', 'created_at', ARGV[1], 'last_used_at', ARGV[1],
+             'environment', ARGV[2], 'item', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# Single-flight: exactly one caller wins the right to provision. Returns
+# {won (0/1), state, attempt}. A failed attempt, or one stale past ARGV[2] seconds,
+# may be claimed again: nothing was ever served from it.
+_CLAIM_PROVISIONING = """
+local now = tonumber(ARGV[1])
+local state = redis.call('HGET', KEYS[1], 'state')
+local claimable = (not state) or state == 'pending' or state == 'failed'
+if state == 'provisioning' then
+  local claimed = tonumber(redis.call('HGET', KEYS[1], 'provision_claimed_at') or '0')
+  if now - claimed > tonumber(ARGV[2]) then claimable = true end
+end
+if not claimable then
+  return {0, state, tonumber(redis.call('HGET', KEYS[1], 'provision_attempt') or '0')}
+end
+if not state then
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[1], 'environment', ARGV[3], 'item', ARGV[4])
+  redis.call('ZADD', KEYS[3], now, ARGV[5])
+elseif redis.call('ZSCORE', KEYS[3], ARGV[5]) == false then
+  redis.call('ZADD', KEYS[3], tonumber(redis.call('HGET', KEYS[1], 'created_at') or ARGV[1]), ARGV[5])
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'provision_attempt', 1)
+redis.call('HSET', KEYS[1], 'state', 'provisioning', 'provision_claimed_at', ARGV[1], 'last_used_at', ARGV[1],
+           'provision_error', '')
+redis.call('ZADD', KEYS[2], now, ARGV[5])
+return {1, 'provisioning', attempt}
+"""
+
+# provisioning -> ready, only for the attempt that is still current.
+_MARK_READY = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'provisioning' then return 0 end
+if redis.call('HGET', KEYS[1], 'provision_attempt') ~= ARGV[5] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'ready', 'host', ARGV[1], 'container_id', ARGV[2],
+           'container_name', ARGV[3], 'ready_at', ARGV[4], 'last_used_at', ARGV[4])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), ARGV[6])
+return 1
+"""
+
+_MARK_FAILED = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'provisioning' then return 0 end
+if redis.call('HGET', KEYS[1], 'provision_attempt') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'provision_error', ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
+return 1
+"""
+
+# Any live state -> an ended state. `lost` taints: the agent had a sandbox and it vanished.
+# Returns the previous state ('' when nothing changed).
+_END = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return '' end
+if state == 'released' or state == 'expired' or state == 'lost' then return '' end
+local fields = {'state', ARGV[1], 'ended_at', ARGV[2], 'end_reason', ARGV[3]}
+if ARGV[1] == 'lost' then
+  table.insert(fields, 'tainted'); table.insert(fields, '1')
+  table.insert(fields, 'taint_reason'); table.insert(fields, ARGV[3])
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZREM', KEYS[5], ARGV[5])
+redis.call('ZREM', KEYS[6], ARGV[5])
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
+return state
+"""
+
+
+class Store:
+    """Typed access to the service's Redis state. Methods raise StoreUnavailable when Redis does not answer."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "sbx", retention_s: float = 7 * 86400) -> None:
+        self.r = client
+        self.p = prefix
+        self.retention_s = int(retention_s)
+        self._ensure = client.register_script(_ENSURE)
+        self._claim = client.register_script(_CLAIM_PROVISIONING)
+        self._ready = client.register_script(_MARK_READY)
+        self._failed = client.register_script(_MARK_FAILED)
+        self._end = client.register_script(_END)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, retention_s: float, max_connections: int = 1024) -> Store:
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=10, decode_responses=True,
+            socket_connect_timeout=5, health_check_interval=30,
+        )
+        return cls(redis.Redis(connection_pool=pool), prefix, retention_s)
+
+    # --- keys ---
+    def k_rollout(self, rid: str) -> str:
+        return f"{self.p}:ro:{rid}"
+
+    def k_calls(self, rid: str) -> str:
+        return f"{self.p}:ro:{rid}:calls"
+
+    def k_results(self, rid: str) -> str:
+        return f"{self.p}:ro:{rid}:results"
+
+    def k_inflight(self, rid: str) -> str:
+        return f"{self.p}:ro:{rid}:inflight"
+
+    @property
+    def k_live(self) -> str:
+        return f"{self.p}:live"
+
+    @property
+    def k_created(self) -> str:
+        return f"{self.p}:created"
+
+    def k_reply(self, reply_id: str) -> str:
+        return f"{self.p}:reply:{reply_id}"
+
+    def k_started(self, reply_id: str) -> str:
+        return f"{self.p}:started:{reply_id}"
+
+    # --- rollouts ---
+    def get_rollout(self, rid: str) -> RolloutRecord | None:
+        with translate_errors():
+            h = self.r.hgetall(self.k_rollout(rid))
+        return RolloutRecord.from_hash(rid, h) if h else None
+
+    def ensure_rollout(self, rid: str, environment: str, item: dict[str, Any] | None) -> None:
+        with translate_errors():
+            self._ensure(keys=[self.k_rollout(rid)], args=[time.time(), environment, _dump_item(item)])
+
+    def claim_provisioning(
+        self, rid: str, environment: str, item: dict[str, Any] | None, stale_s: float
+    ) -> tuple[bool, str, int]:
+        """Try to become the one caller that provisions `rid`: (won, state, attempt)."""
+        with translate_errors():
+            won, state, attempt = self._claim(
+                keys=[self.k_rollout(rid), self.k_live, self.k_created],
+                args=[time.time(), stale_s, environment, _dump_item(item), rid],
+            )
+        return bool(won), str(state), int(attempt)
+
+    def mark_ready(self, rid: str, attempt: int, host: str, container_id: str, container_name: str) -> bool:
+        with translate_errors():
+            return bool(
+                self._ready(
+                    keys=[self.k_rollout(rid), self.k_live],
+                    args=[host, container_id, container_name, time.time(), attempt, rid],
+                )
+            )
+
+    def mark_provision_failed(self, rid: str, attempt: int, message: str) -> bool:
+        with translate_errors():
+            return bool(
+                self._failed(keys=[self.k_rollout(rid), self.k_live, self.k_created], args=[message[:2000], attempt, rid])
+            )
+
+    def end_rollout(self, rid: str, state: str, reason: str) -> str:
+        """Move a live rollout to an ended state; return the state it left ('' if none)."""
+        assert state in ENDED_STATES
+        with translate_errors():
+            return str(
+                self._end(
+                    keys=[
+                        self.k_rollout(rid), self.k_calls(rid), self.k_results(rid), self.k_inflight(rid),
+                        self.k_live, self.k_created,
+                    ],
+                    args=[state, time.time(), reason, self.retention_s, rid],
+                )
+                or ""
+            )
+
+    def taint(self, rid: str, reason: str) -> None:
+        with translate_errors():
+            self.r.hset(self.k_rollout(rid), mapping={"tainted": "1", "taint_reason": reason})
+
+    def rollouts_idle_since(self, cutoff: float, limit: int = 1000) -> list[str]:
+        with translate_errors():
+            return list(self.r.zrangebyscore(self.k_live, "-inf", cutoff, start=0, num=limit))
+
+    def rollouts_created_before(self, cutoff: float, limit: int = 1000) -> list[str]:
+        with translate_errors():
+            return list(self.r.zrangebyscore(self.k_created, "-inf", cutoff, start=0, num=limit))
+
+    def live_rollouts(self) -> list[RolloutRecord]:
+        """Records of every rollout holding or awaiting a container (for gauges and the reconciler)."""
+        with translate_errors():
+            rids = self.r.zrange(self.k_live, 0, -1)
+            pipe = self.r.pipeline(transaction=False)
+            for rid in rids:
+                pipe.hgetall(self.k_rollout(rid))
+            hashes = pipe.execute()
+        return [RolloutRecord.from_hash(rid, h) for rid, h in zip(rids, hashes, strict=True) if h]
+
+    # --- calls ---
+    def stored_result(self, rid: str, call_id: str) -> CallResult | None:
+        with translate_errors():
+            raw = self.r.hget(self.k_results(rid), call_id)
+        return CallResult.from_dict(json.loads(raw)) if raw else None
+
+    def claim_call(self, rid: str, call_id: str, stale_s: float) -> bool:
+        """Mark a call as running so a concurrent retry waits instead of running it again."""
+        key = self.k_inflight(rid)
+        now = time.time()
+        with translate_errors():
+            if self.r.hsetnx(key, call_id, now):
+                return True
+            claimed = float(self.r.hget(key, call_id) or 0)
+            if now - claimed > stale_s:  # its runner died; a new attempt may go
+                self.r.hset(key, call_id, now)
+                return True
+            return False
+
+    def release_call(self, rid: str, call_id: str) -> None:
+        with translate_errors():
+            self.r.hdel(self.k_inflight(rid), call_id)
+
+    def record_call(self, rid: str, result: CallResult) -> None:
+        """Append to the trajectory, keep the result for retries, count it; one transaction.
+
+        Infra errors go into the trajectory (the grader must see them) but are not kept for
+        replay: a retry after an infra error may run the call, since it never completed.
+        """
+        data = json.dumps(result.to_dict(), ensure_ascii=False)
+        with translate_errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.rpush(self.k_calls(rid), data)
+            if result.outcome != Outcome.INFRA_ERROR:
+                pipe.hset(self.k_results(rid), result.call_id, data)
+            pipe.hdel(self.k_inflight(rid), result.call_id)
+            pipe.hincrby(self.k_rollout(rid), f"calls_{result.outcome}", 1)
+            pipe.hset(self.k_rollout(rid), "last_used_at", result.finished_at)
+            pipe.zadd(self.k_live, {rid: result.finished_at}, xx=True)
+            pipe.execute()
+
+    def trajectory(self, rid: str) -> list[dict[str, Any]]:
+        with translate_errors():
+            return [json.loads(x) for x in self.r.lrange(self.k_calls(rid), 0, -1)]
+
+    def touch(self, rid: str) -> None:
+        now = time.time()
+        with translate_errors():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hset(self.k_rollout(rid), "last_used_at", now)
+            pipe.zadd(self.k_live, {rid: now}, xx=True)
+            pipe.execute()
+
+    # --- replies from workers ---
+    def push_reply(self, reply_id: str, payload: dict[str, Any], ttl_s: int = 300) -> None:
+        with translate_errors():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.rpush(self.k_reply(reply_id), json.dumps(payload, ensure_ascii=False))
+            pipe.expire(self.k_reply(reply_id), ttl_s)
+            pipe.execute()
+
+    def wait_reply(self, reply_id: str, timeout_s: float) -> dict[str, Any] | None:
+        with translate_errors():
+            got = self.r.blpop([self.k_reply(reply_id)], timeout=max(timeout_s, 0.01))
+        return json.loads(got[1]) if got else None
+
+    def mark_started(self, reply_id: str, ttl_s: int = 3600) -> None:
+        with translate_errors():
+            self.r.set(self.k_started(reply_id), "1", ex=ttl_s)
+
+    def was_started(self, reply_id: str) -> bool:
+        with translate_errors():
+            return bool(self.r.exists(self.k_started(reply_id)))
+
+    # --- hosts ---
+    def register_host(self, host_id: str, info: dict[str, Any], ttl_s: int) -> None:
+        key = f"{self.p}:host:{host_id}"
+        with translate_errors():
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(key, mapping={k: str(v) for k, v in info.items()} | {"heartbeat_at": str(time.time())})
+            pipe.expire(key, ttl_s)
+            pipe.sadd(f"{self.p}:hosts", host_id)
+            pipe.execute()
+
+    def unregister_host(self, host_id: str) -> None:
+        with translate_errors():
+            self.r.delete(f"{self.p}:host:{host_id}")
+
+    def hosts(self) -> dict[str, dict[str, str]]:
+        """Registered hosts with a live heartbeat."""
+        with translate_errors():
+            ids = sorted(self.r.smembers(f"{self.p}:hosts"))
+            pipe = self.r.pipeline(transaction=False)
+            for host_id in ids:
+                pipe.hgetall(f"{self.p}:host:{host_id}")
+            infos = pipe.execute()
+        return {h: info for h, info in zip(ids, infos, strict=True) if info}
+
+    def ping(self) -> None:
+        with translate_errors():
+            self.r.ping()
+
+
+def _dump_item(item: dict[str, Any] | None) -> str:
+    return json.dumps(item, ensure_ascii=False) if item is not None else ""
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Redis being down is an infra failure, never a crash or a model's fault."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(f"state store unavailable: {exc}") from exc

@@ -1,0 +1,166 @@
+"""API side of a tool call: validate, deduplicate, get the sandbox, dispatch, classify.
+
+Every call ends as one CallResult (ok / model_error, answered 200) or one InfraError
+(answered 5xx). Both are recorded in the rollout's trajectory and counted once here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from . import metrics
+from .calls import CallResult, ReadFileArgs, ShellArgs, ToolCall, validate_read_file, validate_shell
+from .config import Settings
+from .dispatch import Dispatcher
+from .errors import CallInProgress, InfraError, QueueTimeout, SandboxLost, WorkerLost, infra_error_from_reason
+from .outcomes import ModelReason, Outcome
+from .rollouts import RolloutService, environment_of, mark_lost
+from .store import Store
+
+RETRY_WAIT_S = 30.0  # how long a duplicate of a running call waits for its result
+
+
+@dataclass
+class ToolService:
+    store: Store
+    dispatcher: Dispatcher
+    rollouts: RolloutService
+    settings: Settings
+
+    def handle(self, call: ToolCall) -> CallResult:
+        """Answer one tool call. Raises InfraError (recorded and counted) or CallInProgress."""
+        started = time.monotonic()
+        try:
+            result = self._handle(call)
+        except InfraError as exc:
+            metrics.TOOL_CALLS.labels(call.tool, Outcome.INFRA_ERROR.value, exc.reason.value).inc()
+            metrics.TOOL_CALL_DURATION.labels(call.tool).observe(time.monotonic() - started)
+            raise
+        metrics.TOOL_CALLS.labels(call.tool, result.outcome, result.reason).inc()
+        metrics.TOOL_CALL_DURATION.labels(call.tool).observe(time.monotonic() - started)
+        return result
+
+    def _handle(self, call: ToolCall) -> CallResult:
+        args_or_problem = self._validate(call)
+        if isinstance(args_or_problem, str):
+            return self._model_error_without_running(call, args_or_problem)
+
+        stored = self.store.stored_result(call.rollout_id, call.call_id)
+        if stored is not None:
+            return stored
+        if not self.store.claim_call(call.rollout_id, call.call_id, stale_s=self._call_budget_s(args_or_problem)):
+            return self._wait_for_duplicate(call)
+        try:
+            rec = self.rollouts.ensure_ready(call.rollout_id, call.item)
+            return self._dispatch(call, rec.host, args_or_problem)
+        except InfraError as exc:
+            self._record_infra(call, exc, had_sandbox=self._had_sandbox(call.rollout_id))
+            raise
+
+    def _validate(self, call: ToolCall) -> ShellArgs | ReadFileArgs | str:
+        if call.arguments is None:
+            return f"{call.tool}: {call.arguments_error}"
+        if call.tool == "shell":
+            s = self.settings.shell
+            return validate_shell(
+                call.arguments,
+                default_timeout=s.default_timeout_s,
+                max_timeout=s.max_timeout_s,
+                max_command_bytes=s.max_command_bytes,
+            )
+        return validate_read_file(call.arguments)
+
+    def _call_budget_s(self, args: ShellArgs | ReadFileArgs) -> float:
+        timeout = args.timeout_s if isinstance(args, ShellArgs) else 30.0
+        t = self.settings.timeouts
+        return t.provision_s + t.queue_s + timeout + 60.0
+
+    def _dispatch(self, call: ToolCall, host: str, args: ShellArgs | ReadFileArgs) -> CallResult:
+        reply_id = uuid.uuid4().hex
+        if isinstance(args, ShellArgs):
+            arguments: dict[str, Any] = {"command": args.command, "timeout_s": args.timeout_s}
+            run_s = args.timeout_s
+        else:
+            arguments = {"path": args.path, "start_line": args.start_line, "end_line": args.end_line}
+            run_s = 30.0
+        request = {
+            "reply_id": reply_id,
+            "rollout_id": call.rollout_id,
+            "call_id": call.call_id,
+            "item_id": call.item_id,
+            "tool": call.tool,
+            "arguments": arguments,
+            "raw_arguments": call.raw_arguments,
+        }
+        queue_s = self.settings.timeouts.queue_s
+        self.dispatcher.execute(host, request, expires_s=queue_s)
+        reply = self.store.wait_reply(reply_id, queue_s + run_s + 20.0)
+        if reply is None:
+            if self.store.was_started(reply_id):
+                raise WorkerLost("the worker running this call stopped answering")
+            raise QueueTimeout(f"no worker of host {host!r} took the call within {queue_s:g} s")
+        if "infra" in reply:
+            raise infra_error_from_reason(reply["infra"]["reason"], reply["infra"]["message"])
+        return CallResult.from_dict(reply["result"])
+
+    def _wait_for_duplicate(self, call: ToolCall) -> CallResult:
+        """A retry arrived while the first attempt still runs: wait for its stored result."""
+        deadline = time.monotonic() + RETRY_WAIT_S
+        while time.monotonic() < deadline:
+            stored = self.store.stored_result(call.rollout_id, call.call_id)
+            if stored is not None:
+                return stored
+            time.sleep(0.05)
+        raise CallInProgress(f"call {call.call_id!r} is still running; retry later for its result")
+
+    def _model_error_without_running(self, call: ToolCall, message: str) -> CallResult:
+        self.store.ensure_rollout(call.rollout_id, environment_of(call.item), call.item)
+        now = time.time()
+        result = CallResult(
+            call_id=call.call_id,
+            item_id=call.item_id,
+            tool=call.tool,
+            arguments=call.raw_arguments,
+            outcome=Outcome.MODEL_ERROR,
+            reason=ModelReason.INVALID_ARGUMENTS,
+            output=message,
+            started_at=now,
+            finished_at=now,
+        )
+        self.store.record_call(call.rollout_id, result)
+        return result
+
+    def _had_sandbox(self, rid: str) -> bool:
+        rec = self.store.get_rollout(rid)
+        return rec is not None and bool(rec.ready_at)
+
+    def _record_infra(self, call: ToolCall, exc: InfraError, *, had_sandbox: bool) -> None:
+        """Put the failure in the trajectory and, if the agent had a sandbox, taint the rollout.
+
+        A failure before the rollout ever had a sandbox taints nothing: the platform's
+        retry may provision again.
+        """
+        now = time.time()
+        result = CallResult(
+            call_id=call.call_id,
+            item_id=call.item_id,
+            tool=call.tool,
+            arguments=call.raw_arguments,
+            outcome=Outcome.INFRA_ERROR,
+            reason=exc.reason.value,
+            output="",
+            started_at=now,
+            finished_at=now,
+            extra={"message": exc.message},
+        )
+        try:
+            if isinstance(exc, SandboxLost):
+                mark_lost(self.store, call.rollout_id, exc.message)
+            if had_sandbox:
+                self.store.taint(call.rollout_id, exc.reason.value)
+            self.store.record_call(call.rollout_id, result)
+        except InfraError:
+            pass  # the store itself is down; the 5xx still goes out and is counted

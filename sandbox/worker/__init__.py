@@ -1,0 +1,1 @@
+"""Celery app and tasks: thin adapters over the service layer."""

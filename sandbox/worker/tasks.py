@@ -1,0 +1,82 @@
+"""Celery tasks. Like web views: take JSON, call the service layer, return JSON."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+from prometheus_client import start_http_server
+
+from .. import metrics
+from ..errors import InfraError
+from .app import celery_app
+from .runtime import runtime
+
+log = logging.getLogger(__name__)
+
+
+@celery_app.task(name="sandbox.provision", acks_late=True)
+def provision(rollout_id: str, attempt: int) -> str:
+    # acks_late: if this worker dies mid-way the task is redelivered; it adopts the container by name.
+    return runtime().provisioner.provision(rollout_id, attempt)
+
+
+@celery_app.task(name="sandbox.execute", acks_late=False)
+def execute(request: dict[str, Any]) -> None:
+    # At most once: a command that may have run must not run again behind the API's back.
+    rt = runtime()
+    reply_id = request["reply_id"]
+    try:
+        rt.store.mark_started(reply_id)
+        reply = rt.executor.execute(request)
+    except InfraError as exc:
+        reply = {"infra": {"reason": exc.reason.value, "message": exc.message}}
+    except Exception as exc:  # never leave the API waiting for a reply that will not come
+        log.exception("execute crashed for rollout %s", request.get("rollout_id"))
+        reply = {"infra": {"reason": "internal", "message": f"internal error: {exc}"}}
+    try:
+        rt.store.push_reply(reply_id, reply)
+    except InfraError:
+        log.error("cannot deliver reply %s: state store unavailable", reply_id)
+
+
+@celery_app.task(name="sandbox.destroy", acks_late=True)
+def destroy(rollout_id: str, container_name: str) -> bool:
+    return runtime().backend.destroy(container_name)
+
+
+@celery_app.task(name="sandbox.reap")
+def reap() -> int:
+    return len(runtime().reaper.reap())
+
+
+@celery_app.task(name="sandbox.reconcile_all")
+def reconcile_all() -> int:
+    """Fan the reconciler out to every registered host's own queue."""
+    rt = runtime()
+    hosts = rt.store.hosts()
+    for host_id in hosts:
+        rt.dispatcher.reconcile(host_id)
+    return len(hosts)
+
+
+@celery_app.task(name="sandbox.reconcile")
+def reconcile() -> dict[str, int]:
+    return runtime().reconciler.reconcile()
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    rt = runtime()
+    metrics.init_metrics()
+    port = rt.settings.worker_metrics_port
+    if port:
+        start_http_server(port, addr="127.0.0.1")
+    rt.start_heartbeat()
+    log.info("sandbox host %s serving queue %s", rt.settings.host_id, rt.settings.host_queue)
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    runtime().stop()

@@ -1,0 +1,129 @@
+"""Infra failures told apart from model errors; lifecycle (release, reaper, reconciler, restarts)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.stack import TEST_LABEL, Stack
+
+pytestmark = pytest.mark.integration
+
+
+def rid(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_until(predicate, timeout_s: float = 30, interval_s: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError("condition not met in time")
+
+
+def infra_count(stack: Stack, reason: str) -> float:
+    return stack.metric("sandbox_tool_calls_total", {"tool": "shell", "outcome": "infra_error", "reason": reason})
+
+
+def test_container_removed_from_outside_is_sandbox_lost_and_counted_once(stack: Stack) -> None:
+    r1 = rid("lost")
+    assert stack.shell(r1, "echo before").status_code == 200
+    before = infra_count(stack, "sandbox_lost")
+    model_before = stack.metric("sandbox_tool_calls_total", {"tool": "shell", "outcome": "model_error", "reason": "nonzero_exit"})
+    stack.containers_of(r1)[0].remove(force=True)
+
+    r = stack.shell(r1, "echo after")
+    assert r.status_code == 503
+    assert r.headers["Retry-After"]
+    assert r.json()["error"]["code"] == "sandbox_lost"
+    assert infra_count(stack, "sandbox_lost") == before + 1
+    model_after = stack.metric("sandbox_tool_calls_total", {"tool": "shell", "outcome": "model_error", "reason": "nonzero_exit"})
+    assert model_after == model_before
+
+    info = stack.http.get(f"/v1/rollouts/{r1}").json()
+    assert info["state"] == "lost"
+    assert info["infra_tainted"] is True
+    # Never silently re-created: later calls keep failing, and no new container appears.
+    assert stack.shell(r1, "echo again").status_code == 503
+    assert stack.containers_of(r1) == []
+    calls = stack.http.get(f"/v1/rollouts/{r1}/trajectory").json()["calls"]
+    assert [c["outcome"] for c in calls] == ["ok", "infra_error", "infra_error"]
+
+
+def test_release_removes_the_container_and_is_idempotent(stack: Stack) -> None:
+    r1 = rid("release")
+    assert stack.shell(r1, "echo x").status_code == 200
+    assert len(stack.containers_of(r1)) == 1
+    first = stack.http.delete(f"/v1/rollouts/{r1}")
+    assert first.status_code == 200
+    assert first.json()["state"] == "released"
+    assert stack.http.delete(f"/v1/rollouts/{r1}").status_code == 200
+    wait_until(lambda: stack.containers_of(r1) == [])
+    after = stack.shell(r1, "echo y")
+    assert after.status_code == 409
+    assert after.json()["error"]["code"] == "rollout_released"
+    assert stack.http.get(f"/v1/rollouts/{r1}/trajectory").json()["calls"][0]["output"] == "x\n"
+
+
+def test_reaper_expires_idle_rollouts(stack: Stack) -> None:
+    r1 = rid("idle")
+    assert stack.shell(r1, "echo x").status_code == 200
+    # Pretend the rollout was last used long ago; beat runs the real reaper every second.
+    stack.redis.zadd(f"{stack.prefix}:live", {r1: time.time() - 10 * 3600})
+    wait_until(lambda: stack.http.get(f"/v1/rollouts/{r1}").json()["state"] == "expired")
+    wait_until(lambda: stack.containers_of(r1) == [])
+    assert stack.shell(r1, "echo y").status_code == 503
+
+
+def test_reconciler_removes_orphans_and_marks_vanished_records_lost(stack: Stack) -> None:
+    orphan = stack.docker.containers.run(
+        "rollout-sandbox:bookworm", ["sleep", "infinity"], detach=True, network_mode="none",
+        labels={"sandbox.instance": stack.instance, "sandbox.host": "testhost", "sandbox.rollout_id": "nobody",
+                TEST_LABEL: stack.session},
+    )  # fmt: skip
+    r1 = rid("vanish")
+    assert stack.shell(r1, "echo x").status_code == 200
+    # Stop (not remove) the container: the record still says ready until the reconciler looks.
+    stack.containers_of(r1)[0].stop(timeout=0)
+    wait_until(lambda: stack.http.get(f"/v1/rollouts/{r1}").json()["state"] == "lost", timeout_s=30)
+    wait_until(lambda: not stack.docker.containers.list(all=True, filters={"id": orphan.id}), timeout_s=40)
+    assert stack.metric("sandbox_reconciler_actions_total", {"action": "orphan_removed"}, source="worker") >= 1
+
+
+def test_worker_restart_keeps_an_existing_rollout_usable(stack: Stack) -> None:
+    r1 = rid("restart")
+    assert stack.shell(r1, "echo kept > state.txt").status_code == 200
+    stack.stop_worker()
+    stack.start_worker()
+    stack.wait_ready()
+    r = stack.shell(r1, "cat state.txt")
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == "kept\n"
+    assert len(stack.containers_of(r1)) == 1
+
+
+def test_guest_killed_from_outside_falls_back_to_docker_exec(stack: Stack) -> None:
+    r1 = rid("guestdead")
+    assert stack.shell(r1, "echo x > f").status_code == 200
+    container = stack.containers_of(r1)[0]
+    # pid 1 is docker-init; the guest is its child. Kill it as root from outside the model.
+    container.exec_run(["sh", "-c", "kill -9 $(pgrep -f 'guest.py serve')"], user="0")
+    r = stack.shell(r1, "cat f; id -un")
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == "x\nsandbox\n"
+
+
+def test_metrics_carry_no_rollout_ids(stack: Stack) -> None:
+    marker = rid("metrics-marker")
+    stack.shell(marker, "echo x")
+    for url in (f"http://127.0.0.1:{stack.api_port}/metrics", f"http://127.0.0.1:{stack.worker_metrics_port}/metrics"):
+        text = httpx.get(url).text
+        assert "sandbox_tool_calls_total" in text or "sandbox_provisions_total" in text
+        assert marker not in text
+    assert stack.metric("sandbox_live_sandboxes", {"state": "ready", "host": "testhost"}) >= 1

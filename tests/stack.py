@@ -1,0 +1,181 @@
+"""A real stack for integration tests: the API (uvicorn) and a Celery worker as
+subprocesses, talking to the real Redis and the real Docker engine.
+
+Each test session gets its own instance name, Redis key prefix and Redis database, so
+it never touches a `make up` stack running on the same machine, and its containers carry
+a test label that the session-end hook removes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_LABEL = "sandbox.test-session"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    def __init__(self, **overrides: str) -> None:
+        self.session = uuid.uuid4().hex[:8]
+        self.instance = f"t{self.session}"
+        self.token = f"test-token-{uuid.uuid4().hex}"
+        self.api_port = free_port()
+        self.worker_metrics_port = free_port()
+        self.run_dir = Path(tempfile.mkdtemp(prefix="sbxt-", dir="/tmp"))
+        self.redis_url = os.environ.get("SANDBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+        self.env = {
+            **os.environ,
+            "SANDBOX_API_TOKENS": self.token,
+            "SANDBOX_REDIS_URL": self.redis_url,
+            "SANDBOX_KEY_PREFIX": f"sbxtest-{self.session}",
+            "SANDBOX_INSTANCE": self.instance,
+            "SANDBOX_HOST_ID": "testhost",
+            "SANDBOX_RUN_DIR": str(self.run_dir),
+            "SANDBOX_EXTRA_LABELS": json.dumps({TEST_LABEL: self.session}),
+            "SANDBOX_WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            "SANDBOX_WORKER_CONCURRENCY": "48",
+            "SANDBOX_LIFECYCLE__REAPER_INTERVAL_S": "1",
+            "SANDBOX_TIMEOUTS__PROVISION_S": "120",
+            "PYTHONUNBUFFERED": "1",
+            **overrides,
+        }
+        self.logs = self.run_dir / "logs"
+        self.logs.mkdir()
+        self.api_proc: subprocess.Popen[bytes] | None = None
+        self.worker_proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.api_port}",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=180,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        self.docker = docker.from_env()
+        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        self.prefix = self.env["SANDBOX_KEY_PREFIX"]
+
+    # --- processes ---
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        return subprocess.Popen(
+            [sys.executable, "-m", "sandbox.cli", *args], env=self.env, cwd=ROOT, stdout=log, stderr=log,
+            start_new_session=True,
+        )
+
+    def start_worker(self) -> None:
+        self.worker_proc = self._spawn(
+            "worker", ["worker", "--beat", "--beat-schedule", str(self.run_dir / "beat-schedule"), "--log-level", "warning"]
+        )
+
+    def start_api(self) -> None:
+        self.api_proc = self._spawn("api", ["api", "--port", str(self.api_port), "--log-level", "warning"])
+
+    def start(self) -> None:
+        self.start_worker()
+        self.start_api()
+        self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        last: Any = None
+        while time.monotonic() < deadline:
+            for proc, name in ((self.api_proc, "api"), (self.worker_proc, "worker")):
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited: {self.tail(name)}")
+            try:
+                last = httpx.get(f"http://127.0.0.1:{self.api_port}/readyz", timeout=5)
+                if last.status_code == 200:
+                    return
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.2)
+        raise RuntimeError(f"stack not ready: {last!r} {getattr(last, 'text', '')}\n{self.tail('worker')}\n{self.tail('api')}")
+
+    def stop_worker(self, sig: int = signal.SIGTERM) -> None:
+        self._stop(self.worker_proc, sig)
+        self.worker_proc = None
+
+    def _stop(self, proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def close(self) -> None:
+        self._stop(self.api_proc)
+        self._stop(self.worker_proc)
+        self.http.close()
+        for c in self.docker.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.session}"}):
+            c.remove(force=True)
+        keys = list(self.redis.scan_iter(f"{self.prefix}:*", count=1000))
+        for i in range(0, len(keys), 500):
+            self.redis.delete(*keys[i : i + 500])
+        for q in self.redis.scan_iter(f"{self.instance}.*"):
+            self.redis.delete(q)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # --- helpers for tests ---
+    def call(self, tool: str, rollout_id: str, arguments: Any, call_id: str | None = None, **extra: Any) -> httpx.Response:
+        body = {
+            "type": "function_call",
+            "id": f"fc_{uuid.uuid4().hex[:6]}",
+            "call_id": call_id or f"call_{uuid.uuid4().hex}",
+            "name": tool,
+            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+            "trace_id": rollout_id,
+            **extra,
+        }
+        return self.http.post(f"/v1/tools/{tool}", json=body)
+
+    def shell(self, rollout_id: str, command: str, **kw: Any) -> httpx.Response:
+        args = {"command": command, **({"timeout": kw.pop("timeout")} if "timeout" in kw else {})}
+        return self.call("shell", rollout_id, args, **kw)
+
+    def containers_of(self, rollout_id: str) -> list[Any]:
+        return self.docker.containers.list(
+            all=True, filters={"label": [f"sandbox.rollout_id={rollout_id}", f"{TEST_LABEL}={self.session}"]}
+        )
+
+    def metric(self, name: str, labels: dict[str, str], source: str = "api") -> float:
+        url = (
+            f"http://127.0.0.1:{self.api_port}/metrics"
+            if source == "api"
+            else f"http://127.0.0.1:{self.worker_metrics_port}/metrics"
+        )
+        text = httpx.get(url, timeout=10).text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                series, _, value = line.rpartition(" ")
+                got = series[len(name) :].strip("{}")
+                if ",".join(sorted(got.split(","))) == want or (not labels and not got):
+                    return float(value)
+        return 0.0

@@ -1,0 +1,69 @@
+"""State transitions against a real Redis (db 9, a unique key prefix per test)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from sandbox.calls import CallResult
+from sandbox.store import Store
+
+
+@pytest.fixture()
+def store() -> Iterator[Store]:
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/9", decode_responses=True)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail("Redis is not running on 127.0.0.1:6379 (make deps starts it)")
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    yield Store(client, prefix, retention_s=60)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def test_exactly_one_of_many_racing_callers_wins_the_provisioning_claim(store: Store) -> None:
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda _: store.claim_provisioning("r1", "default", None, 300), range(200)))
+    assert sum(won for won, _, _ in results) == 1
+    assert store.get_rollout("r1").state == "provisioning"  # type: ignore[union-attr]
+
+
+def test_failed_attempt_can_be_claimed_again_but_ready_cannot(store: Store) -> None:
+    _, _, attempt = store.claim_provisioning("r", "default", None, 300)
+    assert store.mark_provision_failed("r", attempt, "engine down")
+    won, _, attempt2 = store.claim_provisioning("r", "default", None, 300)
+    assert won and attempt2 == attempt + 1
+    assert not store.mark_ready("r", attempt, "h", "cid", "name")  # a stale attempt cannot finish
+    assert store.mark_ready("r", attempt2, "h", "cid", "name")
+    assert store.claim_provisioning("r", "default", None, 300)[0] is False
+
+
+def test_ending_taints_only_lost_rollouts_and_happens_once(store: Store) -> None:
+    for rid, how in (("a", "lost"), ("b", "released")):
+        _, _, n = store.claim_provisioning(rid, "default", None, 300)
+        store.mark_ready(rid, n, "h", "cid", "name")
+        assert store.end_rollout(rid, how, "why") == "ready"
+        assert store.end_rollout(rid, how, "why") == ""
+    assert store.get_rollout("a").tainted is True  # type: ignore[union-attr]
+    assert store.get_rollout("b").tainted is False  # type: ignore[union-attr]
+    assert store.live_rollouts() == []
+
+
+def test_recorded_results_replay_but_infra_errors_do_not(store: Store) -> None:
+    now = time.time()
+    ok = CallResult("c1", "fc", "shell", "{}", "ok", "none", "out", started_at=now, finished_at=now)
+    infra = CallResult("c2", "fc", "shell", "{}", "infra_error", "sandbox_lost", "", started_at=now, finished_at=now)
+    assert store.claim_call("r", "c1", stale_s=60)
+    assert not store.claim_call("r", "c1", stale_s=60)
+    store.record_call("r", ok)
+    store.record_call("r", infra)
+    assert store.stored_result("r", "c1") == ok
+    assert store.stored_result("r", "c2") is None
+    assert [c["outcome"] for c in store.trajectory("r")] == ["ok", "infra_error"]
+    assert store.claim_call("r", "c2", stale_s=60)  # the claim was released with the record
