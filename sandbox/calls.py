@@ -159,7 +159,9 @@ class ReadFileArgs:
     end_line: int | None
 
 
-def validate_shell(args: dict[str, Any], *, default_timeout: float, max_timeout: float, max_command_bytes: int) -> ShellArgs | str:
+def validate_shell(
+    args: dict[str, Any], *, default_timeout: float, max_timeout: float, max_command_bytes: int
+) -> ShellArgs | str:
     """Return the checked arguments, or the sentence that tells the model what to fix."""
     command = args.get("command", args.get("cmd"))
     if isinstance(command, list) and all(isinstance(p, str) for p in command):

@@ -38,11 +38,15 @@ class LifecycleSettings(BaseModel):
     idle_ttl_s: float = Field(1800.0, gt=0, description="A rollout unused this long is released by the reaper.")
     max_lifetime_s: float = Field(7200.0, gt=0, description="A rollout older than this is released by the reaper.")
     reaper_interval_s: float = Field(30.0, gt=0, description="How often beat runs the reaper and reconciler.")
-    retention_s: float = Field(7 * 86400.0, gt=0, description="How long records and trajectories are kept after a rollout ends.")
+    retention_s: float = Field(
+        7 * 86400.0, gt=0, description="How long records and trajectories are kept after a rollout ends."
+    )
 
 
 class TimeoutSettings(BaseModel):
-    provision_s: float = Field(180.0, gt=0, description="A first call waits this long for its container before failing as queue_timeout.")
+    provision_s: float = Field(
+        180.0, gt=0, description="A first call waits this long for its container before failing as queue_timeout."
+    )
     queue_s: float = Field(60.0, gt=0, description="A tool call waits this long for a worker to pick it up.")
     provision_stale_s: float = Field(300.0, gt=0, description="A provisioning claim older than this may be taken over.")
 
@@ -58,17 +62,28 @@ class Settings(BaseSettings):
     broker_url: str = Field("", description="Celery broker; empty means redis_url.")
     key_prefix: str = Field("sbx", description="Prefix of every Redis key, so instances can share a Redis.")
     instance: str = Field("default", description="Service instance name, put on container labels and queue names.")
-    host_id: str = Field(default_factory=socket.gethostname, description="Stable id of this sandbox host (the worker's Docker engine).")
+    host_id: str = Field(
+        default_factory=socket.gethostname, description="Stable id of this sandbox host (the worker's Docker engine)."
+    )
     docker_host: str = Field("unix:///var/run/docker.sock", description="Docker engine the worker drives.")
     image: str = Field("rollout-sandbox:bookworm", description="Image of the default environment.")
     workdir: str = Field("/workspace", description="Working directory of tool commands inside the sandbox.")
     sandbox_user: str = Field("sandbox", description="Unprivileged user that runs tool commands.")
-    run_dir: Path = Field(Path("/var/lib/rollout-sandbox/run"), description="Host directory holding each container's guest socket directory.")
+    run_dir: Path = Field(
+        Path("/var/lib/rollout-sandbox/run"),
+        description="Host directory holding each container's guest socket directory.",
+    )
     guest_dir: Path = Field(_GUEST_DIR, description="Host directory with guest.py, mounted read-only into sandboxes.")
-    extra_labels: dict[str, str] = Field(default_factory=dict, description="Extra container labels (JSON), e.g. for tests.")
+    extra_labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra container labels (JSON), e.g. for tests."
+    )
     worker_concurrency: int = Field(64, ge=1, description="Threads of the Celery worker (tool calls wait on I/O).")
-    provision_concurrency: int = Field(6, ge=1, description="Container creations at once per host (what the engine sustains).")
-    worker_metrics_port: int = Field(9101, ge=0, description="Port of the worker's /metrics on 127.0.0.1; 0 disables it.")
+    provision_concurrency: int = Field(
+        6, ge=1, description="Container creations at once per host (what the engine sustains)."
+    )
+    worker_metrics_port: int = Field(
+        9101, ge=0, description="Port of the worker's /metrics on 127.0.0.1; 0 disables it."
+    )
     api_host: str = Field("127.0.0.1", description="Address the API binds.")
     api_port: int = Field(8000, description="Port the API binds.")
 

@@ -129,7 +129,15 @@ class InternalError(InfraError):
 
 INFRA_ERRORS_BY_REASON: dict[str, type[InfraError]] = {
     cls.reason.value: cls
-    for cls in (ProvisionFailed, EngineUnavailable, SandboxLost, QueueTimeout, WorkerLost, StoreUnavailable, InternalError)
+    for cls in (
+        ProvisionFailed,
+        EngineUnavailable,
+        SandboxLost,
+        QueueTimeout,
+        WorkerLost,
+        StoreUnavailable,
+        InternalError,
+    )
 }
 
 

@@ -64,7 +64,11 @@ class Reconciler:
         removed = lost = 0
         for c in containers:
             rec = self.store.get_rollout(c.rollout_id) if c.rollout_id else None
-            owned = rec is not None and rec.state in LIVE_STATES and (rec.state == PROVISIONING or rec.container_name == c.name)
+            owned = (
+                rec is not None
+                and rec.state in LIVE_STATES
+                and (rec.state == PROVISIONING or rec.container_name == c.name)
+            )
             if owned and rec is not None:
                 if rec.state == READY and not c.running:
                     if mark_lost(self.store, rec.rollout_id, "the container stopped"):
@@ -80,10 +84,15 @@ class Reconciler:
             removed += 1
         for rec in self.store.live_rollouts():
             # Only records that were ready before the listing: a newer one is not in it yet.
-            if rec.state == READY and rec.host == s.host_id and rec.ready_at < listed_at and rec.container_name not in names:
-                if mark_lost(self.store, rec.rollout_id, "the container vanished"):
-                    metrics.RECONCILER_ACTIONS.labels("record_lost").inc()
-                    lost += 1
+            if (
+                rec.state == READY
+                and rec.host == s.host_id
+                and rec.ready_at < listed_at
+                and rec.container_name not in names
+                and mark_lost(self.store, rec.rollout_id, "the container vanished")
+            ):
+                metrics.RECONCILER_ACTIONS.labels("record_lost").inc()
+                lost += 1
         self._remove_stale_socket_dirs(names)
         return {"orphans_removed": removed, "records_lost": lost}
 

@@ -19,7 +19,9 @@ from .outcomes import OUTCOME_REASONS, TOOLS
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 # tool: TOOLS; outcome/reason: OUTCOME_REASONS
-TOOL_CALLS = Counter("sandbox_tool_calls_total", "Tool calls answered, by how they ended.", ["tool", "outcome", "reason"])
+TOOL_CALLS = Counter(
+    "sandbox_tool_calls_total", "Tool calls answered, by how they ended.", ["tool", "outcome", "reason"]
+)
 # tool: TOOLS
 TOOL_CALL_DURATION = Histogram(
     "sandbox_tool_call_duration_seconds", "Time from request in to answer out.", ["tool"], buckets=LATENCY_BUCKETS
@@ -27,7 +29,9 @@ TOOL_CALL_DURATION = Histogram(
 # result: ok | failed
 PROVISIONS = Counter("sandbox_provisions_total", "Sandbox containers provisioned, by result.", ["result"])
 PROVISION_DURATION = Histogram(
-    "sandbox_provision_duration_seconds", "Time to create a container until its guest answers.", ["result"],
+    "sandbox_provision_duration_seconds",
+    "Time to create a container until its guest answers.",
+    ["result"],
     buckets=LATENCY_BUCKETS,
 )
 # how: released | expired | lost
@@ -70,7 +74,9 @@ class LiveSandboxesCollector(Collector):
         self._store_factory = store_factory
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily("sandbox_live_sandboxes", "Rollouts holding or awaiting a container.", labels=["state", "host"])
+        gauge = GaugeMetricFamily(
+            "sandbox_live_sandboxes", "Rollouts holding or awaiting a container.", labels=["state", "host"]
+        )
         up = GaugeMetricFamily("sandbox_store_up", "1 when the state store answered this scrape.")
         try:
             records = self._store_factory().live_rollouts()

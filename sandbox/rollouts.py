@@ -6,6 +6,7 @@ worker of a sandbox host (creating the container on its own engine).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -14,7 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import metrics
-from .backends.base import LABEL_ENVIRONMENT, LABEL_HOST, LABEL_INSTANCE, LABEL_ROLE, LABEL_ROLLOUT, Backend, SandboxSpec
+from .backends.base import (
+    LABEL_ENVIRONMENT,
+    LABEL_HOST,
+    LABEL_INSTANCE,
+    LABEL_ROLE,
+    LABEL_ROLLOUT,
+    Backend,
+    SandboxSpec,
+)
 from .config import Settings
 from .dispatch import Dispatcher
 from .errors import InfraError, ProvisionFailed, QueueTimeout, RolloutNotFound, SandboxError, SandboxLost
@@ -94,7 +103,9 @@ class RolloutService:
 
     def _ended_error(self, rec: RolloutRecord) -> SandboxError:
         if rec.state == RELEASED:
-            return RolloutReleased(f"rollout {rec.rollout_id!r} was released ({rec.end_reason}); it takes no more calls")
+            return RolloutReleased(
+                f"rollout {rec.rollout_id!r} was released ({rec.end_reason}); it takes no more calls"
+            )
         if rec.state == EXPIRED:
             # The platform still calls a rollout we reaped: its sandbox is gone, its work with it.
             return SandboxLost(f"the rollout's sandbox was reaped ({rec.end_reason}); the rollout cannot continue")
@@ -161,10 +172,8 @@ class Provisioner:
         metrics.PROVISIONS.labels("failed").inc()
         metrics.PROVISION_DURATION.labels("failed").observe(time.monotonic() - started)
         self.store.mark_provision_failed(rid, attempt, message)
-        try:
+        with contextlib.suppress(InfraError):  # else the reconciler removes it later
             self.backend.destroy(name)
-        except InfraError:
-            pass  # the reconciler removes it later
         return "failed"
 
     def _spec(self, name: str, rec: RolloutRecord) -> SandboxSpec:
@@ -196,4 +205,3 @@ def mark_lost(store: Store, rid: str, reason: str) -> bool:
     if previous:
         metrics.ROLLOUTS_ENDED.labels("lost").inc()
     return bool(previous)
-

@@ -185,7 +185,8 @@ class Store:
     """Typed access to the service's Redis state. Methods raise StoreUnavailable when Redis does not answer."""
 
     def __init__(self, client: redis.Redis, prefix: str = "sbx", retention_s: float = 7 * 86400) -> None:
-        self.r = client
+        # decode_responses=True: every reply is str; redis-py's stubs cannot express that.
+        self.r: Any = client
         self.p = prefix
         self.retention_s = int(retention_s)
         self._ensure = client.register_script(_ENSURE)
@@ -197,8 +198,12 @@ class Store:
     @classmethod
     def from_url(cls, url: str, prefix: str, retention_s: float, max_connections: int = 1024) -> Store:
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=10, decode_responses=True,
-            socket_connect_timeout=5, health_check_interval=30,
+            url,
+            max_connections=max_connections,
+            timeout=10,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            health_check_interval=30,
         )
         return cls(redis.Redis(connection_pool=pool), prefix, retention_s)
 
@@ -262,7 +267,9 @@ class Store:
     def mark_provision_failed(self, rid: str, attempt: int, message: str) -> bool:
         with translate_errors():
             return bool(
-                self._failed(keys=[self.k_rollout(rid), self.k_live, self.k_created], args=[message[:2000], attempt, rid])
+                self._failed(
+                    keys=[self.k_rollout(rid), self.k_live, self.k_created], args=[message[:2000], attempt, rid]
+                )
             )
 
     def end_rollout(self, rid: str, state: str, reason: str) -> str:
@@ -272,8 +279,12 @@ class Store:
             return str(
                 self._end(
                     keys=[
-                        self.k_rollout(rid), self.k_calls(rid), self.k_results(rid), self.k_inflight(rid),
-                        self.k_live, self.k_created,
+                        self.k_rollout(rid),
+                        self.k_calls(rid),
+                        self.k_results(rid),
+                        self.k_inflight(rid),
+                        self.k_live,
+                        self.k_created,
                     ],
                     args=[state, time.time(), reason, self.retention_s, rid],
                 )

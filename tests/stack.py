@@ -64,6 +64,7 @@ class Stack:
         self.logs.mkdir()
         self.api_proc: subprocess.Popen[bytes] | None = None
         self.worker_proc: subprocess.Popen[bytes] | None = None
+        self.base = f"http://127.0.0.1:{self.api_port}"
         self.http = httpx.Client(
             base_url=f"http://127.0.0.1:{self.api_port}",
             headers={"Authorization": f"Bearer {self.token}"},
@@ -78,13 +79,18 @@ class Stack:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         return subprocess.Popen(
-            [sys.executable, "-m", "sandbox.cli", *args], env=self.env, cwd=ROOT, stdout=log, stderr=log,
+            [sys.executable, "-m", "sandbox.cli", *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
             start_new_session=True,
         )
 
     def start_worker(self) -> None:
         self.worker_proc = self._spawn(
-            "worker", ["worker", "--beat", "--beat-schedule", str(self.run_dir / "beat-schedule"), "--log-level", "warning"]
+            "worker",
+            ["worker", "--beat", "--beat-schedule", str(self.run_dir / "beat-schedule"), "--log-level", "warning"],
         )
 
     def start_api(self) -> None:
@@ -109,7 +115,9 @@ class Stack:
             except httpx.HTTPError as exc:
                 last = exc
             time.sleep(0.2)
-        raise RuntimeError(f"stack not ready: {last!r} {getattr(last, 'text', '')}\n{self.tail('worker')}\n{self.tail('api')}")
+        raise RuntimeError(
+            f"stack not ready: {last!r} {getattr(last, 'text', '')}\n{self.tail('worker')}\n{self.tail('api')}"
+        )
 
     def stop_worker(self, sig: int = signal.SIGTERM) -> None:
         self._stop(self.worker_proc, sig)
@@ -143,7 +151,9 @@ class Stack:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     # --- helpers for tests ---
-    def call(self, tool: str, rollout_id: str, arguments: Any, call_id: str | None = None, **extra: Any) -> httpx.Response:
+    def call(
+        self, tool: str, rollout_id: str, arguments: Any, call_id: str | None = None, **extra: Any
+    ) -> httpx.Response:
         body = {
             "type": "function_call",
             "id": f"fc_{uuid.uuid4().hex[:6]}",

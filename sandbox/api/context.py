@@ -29,7 +29,9 @@ class ApiContext:
     def build(cls, settings: Settings, threads: int = 1024) -> ApiContext:
         from ..worker.app import create_celery
 
-        store = Store.from_url(settings.redis_url, settings.key_prefix, settings.lifecycle.retention_s, max_connections=threads + 64)
+        store = Store.from_url(
+            settings.redis_url, settings.key_prefix, settings.lifecycle.retention_s, max_connections=threads + 64
+        )
         celery = create_celery(settings)
         dispatcher = CeleryDispatcher(celery, settings)
         rollouts = RolloutService(store, dispatcher, settings)

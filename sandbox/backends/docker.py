@@ -11,10 +11,9 @@ import base64
 import json
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import docker
 import requests
@@ -77,8 +76,12 @@ class DockerBackend:
             raise ProvisionFailed(f"engine refused to create the container: {exc.explanation}") from exc
 
     def _run(self, spec: SandboxSpec, sock_dir: Path) -> str:
+        # A root shell loop restarts the guest if something outside kills it (the model
+        # cannot: it runs as another user); without it the container would stop with its
+        # init's only child. Between death and restart, docker exec serves the calls.
         command = [
-            "python3", f"{GUEST_MOUNT}/guest.py", "serve",
+            "/bin/sh", "-c", 'while :; do python3 "$0" serve "$@"; sleep 0.2; done',
+            f"{GUEST_MOUNT}/guest.py",
             "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}",
             "--user", spec.user, "--workdir", spec.workdir,
         ]  # fmt: skip
@@ -173,7 +176,7 @@ class DockerBackend:
             return call_guest(sock, payload, timeout_s + REPLY_SLACK_S)
         except GuestUnreachable:
             pass
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             self._require_running(name)
             raise InternalError(f"sandbox guest did not answer within {timeout_s + REPLY_SLACK_S:g} s") from exc
         except GuestProtocolError as exc:
@@ -199,8 +202,9 @@ class DockerBackend:
 
     def _exec_once(self, container: Any, payload: dict[str, Any]) -> dict[str, Any]:
         encoded = base64.b64encode(json.dumps(payload).encode()).decode()
-        cmd = ["python3", f"{GUEST_MOUNT}/guest.py", "once", encoded,
-               "--user", container.labels.get("sandbox.user", "sandbox"), "--workdir", container.attrs["Config"].get("WorkingDir") or "/"]  # fmt: skip
+        user = container.labels.get("sandbox.user", "sandbox")
+        workdir = container.attrs["Config"].get("WorkingDir") or "/"
+        cmd = ["python3", f"{GUEST_MOUNT}/guest.py", "once", encoded, "--user", user, "--workdir", workdir]
         try:
             with _engine_errors():
                 result = container.exec_run(cmd, user="0", demux=False)
@@ -231,7 +235,7 @@ class _engine_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, APIError):
             return False
         if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):

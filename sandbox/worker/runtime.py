@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -30,7 +31,9 @@ class WorkerRuntime:
     @cached_property
     def store(self) -> Store:
         s = self.settings
-        return Store.from_url(s.redis_url, s.key_prefix, s.lifecycle.retention_s, max_connections=s.worker_concurrency * 2 + 16)
+        return Store.from_url(
+            s.redis_url, s.key_prefix, s.lifecycle.retention_s, max_connections=s.worker_concurrency * 2 + 16
+        )
 
     @cached_property
     def backend(self) -> DockerBackend:
@@ -53,7 +56,9 @@ class WorkerRuntime:
 
     @cached_property
     def provisioner(self) -> Provisioner:
-        return Provisioner(self.store, self.backend, self.settings, threading.BoundedSemaphore(self.settings.provision_concurrency))
+        return Provisioner(
+            self.store, self.backend, self.settings, threading.BoundedSemaphore(self.settings.provision_concurrency)
+        )
 
     @cached_property
     def executor(self) -> Executor:
@@ -97,10 +102,8 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
-        try:
+        with contextlib.suppress(InfraError):
             self.store.unregister_host(self.settings.host_id)
-        except InfraError:
-            pass
 
 
 _runtime: WorkerRuntime | None = None

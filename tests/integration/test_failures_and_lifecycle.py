@@ -35,7 +35,9 @@ def test_container_removed_from_outside_is_sandbox_lost_and_counted_once(stack: 
     r1 = rid("lost")
     assert stack.shell(r1, "echo before").status_code == 200
     before = infra_count(stack, "sandbox_lost")
-    model_before = stack.metric("sandbox_tool_calls_total", {"tool": "shell", "outcome": "model_error", "reason": "nonzero_exit"})
+    model_before = stack.metric(
+        "sandbox_tool_calls_total", {"tool": "shell", "outcome": "model_error", "reason": "nonzero_exit"}
+    )
     stack.containers_of(r1)[0].remove(force=True)
 
     r = stack.shell(r1, "echo after")
@@ -43,7 +45,9 @@ def test_container_removed_from_outside_is_sandbox_lost_and_counted_once(stack: 
     assert r.headers["Retry-After"]
     assert r.json()["error"]["code"] == "sandbox_lost"
     assert infra_count(stack, "sandbox_lost") == before + 1
-    model_after = stack.metric("sandbox_tool_calls_total", {"tool": "shell", "outcome": "model_error", "reason": "nonzero_exit"})
+    model_after = stack.metric(
+        "sandbox_tool_calls_total", {"tool": "shell", "outcome": "model_error", "reason": "nonzero_exit"}
+    )
     assert model_after == model_before
 
     info = stack.http.get(f"/v1/rollouts/{r1}").json()
@@ -108,15 +112,24 @@ def test_worker_restart_keeps_an_existing_rollout_usable(stack: Stack) -> None:
     assert len(stack.containers_of(r1)) == 1
 
 
-def test_guest_killed_from_outside_falls_back_to_docker_exec(stack: Stack) -> None:
+def test_guest_killed_from_outside_is_restarted_and_unreachable_guest_falls_back(stack: Stack) -> None:
     r1 = rid("guestdead")
     assert stack.shell(r1, "echo x > f").status_code == 200
     container = stack.containers_of(r1)[0]
-    # pid 1 is docker-init; the guest is its child. Kill it as root from outside the model.
+    # Kill the guest as root from outside the model: its supervisor loop restarts it.
     container.exec_run(["sh", "-c", "kill -9 $(pgrep -f 'guest.py serve')"], user="0")
     r = stack.shell(r1, "cat f; id -un")
     assert r.status_code == 200, r.text
     assert r.json()["output"] == "x\nsandbox\n"
+    # A guest that runs but cannot be reached: the container is alive, so docker exec serves.
+    before = stack.metric("sandbox_guest_fallbacks_total", {}, source="worker")
+    container.exec_run(["rm", "-f", "/run/sandbox-guest/guest.sock"], user="0")
+    r = stack.shell(r1, "cat f; id -un; echo $$ > /dev/null", timeout=5)
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == "x\nsandbox\n"
+    assert stack.metric("sandbox_guest_fallbacks_total", {}, source="worker") == before + 1
+    slow = stack.shell(r1, "sleep 30", timeout=1)  # the deadline holds on the fallback path too
+    assert slow.headers["X-Sandbox-Reason"] == "timeout"
 
 
 def test_metrics_carry_no_rollout_ids(stack: Stack) -> None:

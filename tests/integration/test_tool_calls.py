@@ -75,9 +75,11 @@ def test_destructive_commands_hurt_only_their_own_rollout(stack: Stack) -> None:
     assert stack.shell(bystander, "echo still-here > keep.txt").status_code == 200
     r = stack.shell(victim, "rm -rf / --no-preserve-root 2>/dev/null; echo done", timeout=60)
     assert r.status_code == 200
-    bomb = stack.shell(rid("forkbomb"), ":(){ :|:& };:", timeout=5)
-    assert bomb.status_code == 200
-    assert bomb.headers["X-Sandbox-Outcome"] == "model_error"
+    bomber = rid("forkbomb")
+    bomb = stack.shell(bomber, ":(){ :|:& };:", timeout=5)
+    assert bomb.status_code == 200  # bash returns at once; the guest kills what it left behind
+    survivors = stack.shell(bomber, "ps -e --no-headers | wc -l")
+    assert int(survivors.json()["output"]) < 10  # init, guest, this shell and ps
     assert stack.shell(bystander, "cat keep.txt").json()["output"] == "still-here\n"
     assert stack.shell(rid("fresh"), "echo fine").json()["output"] == "fine\n"
 
@@ -131,7 +133,9 @@ def test_long_output_keeps_head_and_tail(stack: Stack) -> None:
 
 def test_read_file_text_range_and_errors(stack: Stack) -> None:
     r1 = rid("read")
-    stack.shell(r1, "printf 'one\\ntwo\\nthree\\n' > notes.txt; mkdir -p d; head -c 100 /dev/urandom > bin; printf '\\0' >> bin")
+    stack.shell(
+        r1, "printf 'one\\ntwo\\nthree\\n' > notes.txt; mkdir -p d; head -c 100 /dev/urandom > bin; printf '\\0' >> bin"
+    )
     assert stack.call("read_file", r1, {"path": "notes.txt"}).json()["output"] == "one\ntwo\nthree\n"
     ranged = stack.call("read_file", r1, {"path": "/workspace/notes.txt", "start_line": 2, "end_line": 3})
     assert ranged.json()["output"] == "two\nthree\n"
@@ -141,5 +145,8 @@ def test_read_file_text_range_and_errors(stack: Stack) -> None:
         assert r.status_code == 200
         assert r.headers["X-Sandbox-Reason"] == reason, r.text
         assert r.json()["output"].startswith("read_file: ")
-    big = stack.call("read_file", r1, {"path": "/etc/services"})
+    stack.shell(r1, "seq 1 100000 > big.txt")
+    big = stack.call("read_file", r1, {"path": "big.txt"})
     assert big.headers["X-Sandbox-Outcome"] == "ok"
+    assert big.json()["output"].startswith("1\n2\n") and big.json()["output"].endswith("100000\n")
+    assert "bytes omitted ...]" in big.json()["output"]

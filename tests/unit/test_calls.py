@@ -83,7 +83,11 @@ class TestValidate:
 class TestClassify:
     def test_shell_outcomes(self) -> None:
         mem = 1024**3
-        assert shell_outcome({"exit_code": 0, "output": "hi\n"}, timeout_s=5, memory_bytes=mem) == ("ok", "none", "hi\n")
+        assert shell_outcome({"exit_code": 0, "output": "hi\n"}, timeout_s=5, memory_bytes=mem) == (
+            "ok",
+            "none",
+            "hi\n",
+        )
         assert shell_outcome({"exit_code": 2, "output": "x"}, timeout_s=5, memory_bytes=mem) == (
             "model_error", "nonzero_exit", "x\n[exit code 2]")  # fmt: skip
         timed = shell_outcome({"timed_out": True, "output": ""}, timeout_s=30, memory_bytes=mem)
@@ -113,7 +117,9 @@ def test_errors_are_picklable_and_carry_their_wire_shape() -> None:
         again = pickle.loads(pickle.dumps(exc))
         assert type(again) is type(exc) and again.message == exc.message
     lost = errors.SandboxLost("gone")
-    assert lost.http_status == 503 and lost.to_wire() == {"error": {"code": "sandbox_lost", "message": "gone", "retryable": False}}
+    assert lost.http_status == 503 and lost.to_wire() == {
+        "error": {"code": "sandbox_lost", "message": "gone", "retryable": False}
+    }
     assert errors.infra_error_from_reason("queue_timeout", "m").code == "queue_timeout"
     assert errors.infra_error_from_reason("nonsense", "m").code == "internal"
 

@@ -44,7 +44,10 @@ async def readyz(request: Request) -> JSONResponse:
         except InfraError:
             hosts = {}
         checks["hosts"] = {
-            h: {"engine_healthy": info.get("engine_healthy") == "1", "heartbeat_age_s": round(time.time() - float(info.get("heartbeat_at", 0)), 1)}
+            h: {
+                "engine_healthy": info.get("engine_healthy") == "1",
+                "heartbeat_age_s": round(time.time() - float(info.get("heartbeat_at", 0)), 1),
+            }
             for h, info in hosts.items()
         }
         return checks
