@@ -94,6 +94,7 @@ class RolloutRecord:
             "host": self.host or None,
             "container_id": self.container_id or None,
             "environment": self.environment,
+            "item": self.item,
             "created_at": self.created_at or None,
             "ready_at": self.ready_at or None,
             "last_used_at": self.last_used_at or None,

@@ -6,6 +6,7 @@ Every call ends as one CallResult (ok / model_error, answered 200) or one InfraE
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,11 +16,20 @@ from . import metrics
 from .calls import CallResult, ReadFileArgs, ShellArgs, ToolCall, validate_read_file, validate_shell
 from .config import Settings
 from .dispatch import Dispatcher
-from .errors import CallInProgress, InfraError, QueueTimeout, SandboxLost, WorkerLost, infra_error_from_reason
+from .errors import (
+    CallInProgress,
+    InfraError,
+    InternalError,
+    QueueTimeout,
+    SandboxLost,
+    WorkerLost,
+    infra_error_from_reason,
+)
 from .outcomes import ModelReason, Outcome
 from .rollouts import RolloutService, environment_of, mark_lost
 from .store import Store
 
+log = logging.getLogger(__name__)
 RETRY_WAIT_S = 30.0  # how long a duplicate of a running call waits for its result
 
 
@@ -34,7 +44,13 @@ class ToolService:
         """Answer one tool call. Raises InfraError (recorded and counted) or CallInProgress."""
         started = time.monotonic()
         try:
-            result = self._handle(call)
+            try:
+                result = self._handle(call)
+            except (InfraError, CallInProgress):
+                raise
+            except Exception as exc:  # a bug is still our fault: answer 503 internal, counted
+                log.exception("tool call crashed (rollout %s)", call.rollout_id)
+                raise InternalError(f"internal error: {type(exc).__name__}") from exc
         except InfraError as exc:
             metrics.TOOL_CALLS.labels(call.tool, Outcome.INFRA_ERROR.value, exc.reason.value).inc()
             metrics.TOOL_CALL_DURATION.labels(call.tool).observe(time.monotonic() - started)

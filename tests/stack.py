@@ -35,15 +35,54 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class RedisServer:
+    """A private redis-server for the test session, so a test may stop it without harm."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="sbxt-redis-", dir="/tmp"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (make deps installs it)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--maxclients", "10000"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Stack:
-    def __init__(self, **overrides: str) -> None:
+    def __init__(self, redis_url: str, **overrides: str) -> None:
         self.session = uuid.uuid4().hex[:8]
         self.instance = f"t{self.session}"
         self.token = f"test-token-{uuid.uuid4().hex}"
         self.api_port = free_port()
         self.worker_metrics_port = free_port()
         self.run_dir = Path(tempfile.mkdtemp(prefix="sbxt-", dir="/tmp"))
-        self.redis_url = os.environ.get("SANDBOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+        self.redis_url = redis_url
         self.env = {
             **os.environ,
             "SANDBOX_API_TOKENS": self.token,
@@ -122,6 +161,10 @@ class Stack:
     def stop_worker(self, sig: int = signal.SIGTERM) -> None:
         self._stop(self.worker_proc, sig)
         self.worker_proc = None
+
+    def stop_api(self) -> None:
+        self._stop(self.api_proc)
+        self.api_proc = None
 
     def _stop(self, proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
         if proc is None or proc.poll() is not None:

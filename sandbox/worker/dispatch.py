@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import KombuError, OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..config import Settings, host_queue_name
+from ..errors import StoreUnavailable
+
+# Publishing retries briefly, then fails: a call must get its 503, not hang on a dead broker.
+RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
+
+
+@contextmanager
+def _broker_errors() -> Iterator[None]:
+    try:
+        yield
+    except (OperationalError, KombuError, RedisConnectionError, ConnectionError) as exc:
+        raise StoreUnavailable(f"task broker unavailable: {exc}") from exc
 
 
 class CeleryDispatcher:
@@ -15,26 +31,32 @@ class CeleryDispatcher:
         self.settings = settings
 
     def provision(self, rollout_id: str, attempt: int) -> None:
-        self.app.send_task(
-            "sandbox.provision",
-            kwargs={"rollout_id": rollout_id, "attempt": attempt},
-            queue=self.settings.provision_queue,
-        )
+        with _broker_errors():
+            self.app.send_task(
+                "sandbox.provision",
+                kwargs={"rollout_id": rollout_id, "attempt": attempt},
+                queue=self.settings.provision_queue,
+                retry_policy=RETRY_POLICY,
+            )
 
     def execute(self, host: str, request: dict[str, Any], expires_s: float) -> None:
-        self.app.send_task(
-            "sandbox.execute",
-            kwargs={"request": request},
-            queue=host_queue_name(self.settings.instance, host),
-            expires=expires_s,
-        )
+        with _broker_errors():
+            self.app.send_task(
+                "sandbox.execute",
+                kwargs={"request": request},
+                queue=host_queue_name(self.settings.instance, host),
+                expires=expires_s,
+                retry_policy=RETRY_POLICY,
+            )
 
     def destroy(self, host: str, rollout_id: str, container_name: str) -> None:
-        self.app.send_task(
-            "sandbox.destroy",
-            kwargs={"rollout_id": rollout_id, "container_name": container_name},
-            queue=host_queue_name(self.settings.instance, host),
-        )
+        with _broker_errors():
+            self.app.send_task(
+                "sandbox.destroy",
+                kwargs={"rollout_id": rollout_id, "container_name": container_name},
+                queue=host_queue_name(self.settings.instance, host),
+                retry_policy=RETRY_POLICY,
+            )
 
     def reconcile(self, host: str) -> None:
         self.app.send_task("sandbox.reconcile", queue=host_queue_name(self.settings.instance, host), expires=60)

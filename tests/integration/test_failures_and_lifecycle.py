@@ -100,12 +100,15 @@ def test_reconciler_removes_orphans_and_marks_vanished_records_lost(stack: Stack
     assert stack.metric("sandbox_reconciler_actions_total", {"action": "orphan_removed"}, source="worker") >= 1
 
 
-def test_worker_restart_keeps_an_existing_rollout_usable(stack: Stack) -> None:
+def test_worker_and_api_restarts_keep_an_existing_rollout_usable(stack: Stack) -> None:
     r1 = rid("restart")
-    assert stack.shell(r1, "echo kept > state.txt").status_code == 200
+    assert stack.shell(r1, "echo kept > state.txt", item={"task": "demo"}).status_code == 200
     stack.stop_worker()
     stack.start_worker()
+    stack.stop_api()
+    stack.start_api()
     stack.wait_ready()
+    assert stack.http.get(f"/v1/rollouts/{r1}").json()["item"] == {"task": "demo"}
     r = stack.shell(r1, "cat state.txt")
     assert r.status_code == 200, r.text
     assert r.json()["output"] == "kept\n"

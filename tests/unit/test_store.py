@@ -1,4 +1,4 @@
-"""State transitions against a real Redis (db 9, a unique key prefix per test)."""
+"""State transitions against a real Redis (the session's private server, a key prefix per test)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,12 @@ import redis
 
 from sandbox.calls import CallResult
 from sandbox.store import Store
+from tests.stack import RedisServer
 
 
 @pytest.fixture()
-def store() -> Iterator[Store]:
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/9", decode_responses=True)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail("Redis is not running on 127.0.0.1:6379 (make deps starts it)")
+def store(redis_server: RedisServer) -> Iterator[Store]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
     yield Store(client, prefix, retention_s=60)
     for key in client.scan_iter(f"{prefix}:*"):
