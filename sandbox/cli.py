@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--beat-schedule", default=".run/celerybeat-schedule")
     worker.add_argument("--log-level", default="info")
     worker.set_defaults(func=run_worker)
+    from .bench import add_parser as add_bench
+
+    add_bench(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -21,6 +21,7 @@ from .errors import (
     InfraError,
     InternalError,
     QueueTimeout,
+    SandboxError,
     SandboxLost,
     WorkerLost,
     infra_error_from_reason,
@@ -46,7 +47,7 @@ class ToolService:
         try:
             try:
                 result = self._handle(call)
-            except (InfraError, CallInProgress):
+            except SandboxError:  # already classified (infra 5xx, or a 4xx like rollout_released)
                 raise
             except Exception as exc:  # a bug is still our fault: answer 503 internal, counted
                 log.exception("tool call crashed (rollout %s)", call.rollout_id)

@@ -125,6 +125,8 @@ def test_guest_killed_from_outside_is_restarted_and_unreachable_guest_falls_back
     assert r.status_code == 200, r.text
     assert r.json()["output"] == "x\nsandbox\n"
     # A guest that runs but cannot be reached: the container is alive, so docker exec serves.
+    wait_until(lambda: container.exec_run(["test", "-S", "/run/sandbox-guest/guest.sock"], user="0").exit_code == 0)
+    time.sleep(0.3)  # let the restarted guest finish binding before its socket is removed
     before = stack.metric("sandbox_guest_fallbacks_total", {}, source="worker")
     container.exec_run(["rm", "-f", "/run/sandbox-guest/guest.sock"], user="0")
     r = stack.shell(r1, "cat f; id -un; echo $$ > /dev/null", timeout=5)
