@@ -33,8 +33,18 @@ start_daemon() {  # name, command...
     return
   fi
   log "starting $name (log: .run/$name.log)"
-  (cd "$ROOT" && setsid nohup "$@" >>"$ROOT/.run/$name.log" 2>&1 & echo $! >"$pidfile")
+  # The process writes its own pid, then becomes the service (exec): the pidfile names the
+  # service itself, not a wrapper, so `make down` stops exactly it.
+  (cd "$ROOT" && setsid nohup bash -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" \
+    >>"$ROOT/.run/$name.log" 2>&1 </dev/null &)
+  wait_for 10 test -s "$pidfile" || die "$name did not start; see .run/$name.log"
 }
+
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+if ! pid_alive "$ROOT/.run/api.pid" && port_taken "$PORT"; then
+  die "port $PORT on 127.0.0.1 is in use by a process make up did not start; stop it or set SANDBOX_API_PORT"
+fi
 
 start_daemon worker "$ROOT/.venv/bin/sandbox" worker --beat --beat-schedule "$ROOT/.run/celerybeat-schedule"
 start_daemon api "$ROOT/.venv/bin/sandbox" api --port "$PORT"
@@ -46,6 +56,9 @@ if ! wait_for 90 curl -fsS -o /dev/null "http://127.0.0.1:$PORT/readyz"; then
   curl -sS "http://127.0.0.1:$PORT/readyz" >&2 || true
   exit 1
 fi
+for name in api worker; do
+  pid_alive "$ROOT/.run/$name.pid" || die "$name exited during start-up; see .run/$name.log"
+done
 log "ready in $(( $(date +%s) - started )) s"
 
 cat <<MSG
