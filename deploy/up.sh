@@ -35,8 +35,11 @@ start_daemon() {  # name, command...
   log "starting $name (log: .run/$name.log)"
   # The process writes its own pid, then becomes the service (exec): the pidfile names the
   # service itself, not a wrapper, so `make down` stops exactly it.
-  (cd "$ROOT" && setsid nohup bash -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" \
-    >>"$ROOT/.run/$name.log" 2>&1 </dev/null &)
+  # The subshell execs straight into it, so no waiting shell lingers holding our stdout.
+  (
+    cd "$ROOT" || exit 1
+    exec setsid nohup bash -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" >>"$ROOT/.run/$name.log" 2>&1 </dev/null
+  ) &
   wait_for 10 test -s "$pidfile" || die "$name did not start; see .run/$name.log"
 }
 
