@@ -51,6 +51,23 @@ class TimeoutSettings(BaseModel):
     provision_stale_s: float = Field(300.0, gt=0, description="A provisioning claim older than this may be taken over.")
 
 
+class GradingSettings(BaseModel):
+    default_grader: str = Field("file_f1", description="Grader used when item['grader'] names none.")
+    beta: float = Field(1.0, gt=0, description="file_f1: the F-beta weight of recall (1 = F1).")
+    release_after_grade: bool = Field(True, description="Release the rollout's container once it is graded.")
+    custom_graders: str = Field("", description="Comma-separated 'module:function' graders a dataset row may name.")
+    tool_call_target: int | None = Field(
+        None, ge=0, description="Efficiency shaping: calls allowed before a penalty (off when unset)."
+    )
+    penalty_per_extra_call: float = Field(
+        0.0, ge=0, le=1, description="Efficiency shaping: score taken per call beyond the target."
+    )
+    numeric_rel_tol: float = Field(1e-3, gt=0, description="numeric: relative tolerance for full credit.")
+    numeric_partial_rel_tol: float = Field(
+        1e-2, gt=0, description="numeric: relative tolerance for half credit (rounding-level misses)."
+    )
+
+
 class Settings(BaseSettings):
     """Every knob of the service. README.md has the table of these with their defaults."""
 
@@ -86,12 +103,18 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Address the API binds.")
     api_port: int = Field(8000, description="Port the API binds.")
+    workspace_roots: str = Field(
+        "", description="Comma-separated host directories environments may take workspaces from."
+    )
+    environments_file: Path | None = Field(None, description="YAML file of environments registered at API start-up.")
+    prepare_timeout_s: float = Field(900.0, gt=0, description="Longest an environment's image preparation may take.")
 
     shell: ShellSettings = ShellSettings()
     output: OutputSettings = OutputSettings()
     limits: LimitSettings = LimitSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
+    grading: GradingSettings = GradingSettings()
 
     @field_validator("env")
     @classmethod
@@ -111,6 +134,10 @@ class Settings(BaseSettings):
     @property
     def token_list(self) -> list[str]:
         return [t.strip() for t in self.api_tokens.split(",") if t.strip()]
+
+    @property
+    def workspace_root_list(self) -> list[Path]:
+        return [Path(p.strip()) for p in self.workspace_roots.split(",") if p.strip()]
 
     @property
     def celery_broker_url(self) -> str:
@@ -137,3 +164,25 @@ def host_queue_name(instance: str, host_id: str) -> str:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_table() -> str:
+    """The README's table of settings, generated so it cannot drift from the code."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str, values: BaseModel) -> None:
+        for name, field in model.model_fields.items():
+            value = getattr(values, name)
+            if isinstance(value, BaseModel):
+                walk(type(value), f"{prefix}{name.upper()}__", value)
+                continue
+            shown = {"host_id": "the hostname", "guest_dir": "the package's sandbox/guest"}.get(name, value)
+            shown = '""' if shown == "" else "{}" if shown == {} else "unset" if shown is None else shown
+            rows.append(f"| `SANDBOX_{prefix}{name.upper()}` | `{shown}` | {field.description} |")
+
+    walk(Settings, "", Settings())
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")

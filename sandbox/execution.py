@@ -54,7 +54,7 @@ class Executor:
             raise InternalError(f"call for host {rec.host!r} reached host {self.settings.host_id!r}")
         tool = request["tool"]
         args = request["arguments"]
-        cap = self.settings.output.cap_bytes
+        cap = int(request.get("output_cap") or self.settings.output.cap_bytes)
         started = time.time()
         if tool == "shell":
             timeout_s = float(args["timeout_s"])

@@ -34,7 +34,7 @@ PROVISION_DURATION = Histogram(
     ["result"],
     buckets=LATENCY_BUCKETS,
 )
-# how: released | expired | lost
+# how: graded | released | expired | lost
 ROLLOUTS_ENDED = Counter("sandbox_rollouts_ended_total", "Rollouts that ended, by how.", ["how"])
 # action: orphan_removed | record_lost
 RECONCILER_ACTIONS = Counter("sandbox_reconciler_actions_total", "What the reconciler fixed.", ["action"])
@@ -42,9 +42,36 @@ GUEST_FALLBACKS = Counter(
     "sandbox_guest_fallbacks_total", "Calls served by docker exec because the container's guest was unreachable."
 )
 BUILD_INFO = Info("sandbox_build", "Version of the service.")
+# result: ready | failed
+ENV_PREPARATIONS = Counter(
+    "sandbox_environment_preparations_total", "Environment images prepared on a host, by result.", ["result"]
+)
+ENV_PREPARATION_DURATION = Histogram(
+    "sandbox_environment_preparation_duration_seconds", "Time to build an environment's derived image.",
+    buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900),
+)  # fmt: skip
+# grader: GRADERS; result: scored | discarded_infra | invalid
+GRADES = Counter("sandbox_grades_total", "Grade requests answered, by grader and result.", ["grader", "result"])
+REWARD = Histogram(
+    "sandbox_reward",
+    "Scores given, by grader.",
+    ["grader"],
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
+# cause: model (scored 0) | infra (refused: a tainted rollout that would have been a false 0)
+ZERO_REWARDS = Counter(
+    "sandbox_zero_rewards_total", "Rollouts that got (or would have got) reward 0, by cause.", ["cause"]
+)
+GRADED_TOOL_CALLS = Histogram(
+    "sandbox_graded_rollout_tool_calls", "Tool calls of each graded rollout.", ["grader"],
+    buckets=(0, 1, 2, 4, 6, 8, 10, 15, 20, 30, 50, 100),
+)  # fmt: skip
 
 PROVISION_RESULTS = ("ok", "failed")
-END_HOWS = ("released", "expired", "lost")
+GRADERS = ("file_f1", "numeric", "custom")
+GRADE_RESULTS = ("scored", "discarded_infra", "invalid")
+ZERO_CAUSES = ("model", "infra")
+END_HOWS = ("graded", "released", "expired", "lost")
 RECONCILER_KINDS = ("orphan_removed", "record_lost")
 
 
@@ -62,6 +89,15 @@ def init_metrics() -> None:
         ROLLOUTS_ENDED.labels(how)
     for action in RECONCILER_KINDS:
         RECONCILER_ACTIONS.labels(action)
+    for result in ("ready", "failed"):
+        ENV_PREPARATIONS.labels(result)
+    for grader in GRADERS:
+        REWARD.labels(grader)
+        GRADED_TOOL_CALLS.labels(grader)
+        for result in GRADE_RESULTS:
+            GRADES.labels(grader, result)
+    for cause in ZERO_CAUSES:
+        ZERO_REWARDS.labels(cause)
 
 
 class LiveSandboxesCollector(Collector):

@@ -24,9 +24,12 @@ from .backends.base import (
     Backend,
     SandboxSpec,
 )
+from .calls import check_rollout_id
 from .config import Settings
 from .dispatch import Dispatcher
+from .environments import Environment, EnvironmentRegistry, UnknownEnvironment
 from .errors import InfraError, ProvisionFailed, QueueTimeout, RolloutNotFound, SandboxError, SandboxLost
+from .preparation import Preparer
 from .store import ENDED_STATES, EXPIRED, FAILED, LOST, PENDING, PROVISIONING, READY, RELEASED, RolloutRecord, Store
 
 log = logging.getLogger(__name__)
@@ -55,10 +58,30 @@ def environment_of(item: dict[str, Any] | None) -> str:
 class RolloutService:
     """API side: make sure a rollout has a ready sandbox, release it, describe it."""
 
-    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings, registry: EnvironmentRegistry) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings
+        self.registry = registry
+
+    def pre_provision(self, entries: list[tuple[str, dict[str, Any] | None]]) -> list[dict[str, Any]]:
+        """Queue containers for a burst of rollouts without waiting for them.
+
+        Every entry is checked before any is queued, so a bad one refuses the whole batch
+        (UnknownEnvironment, InvalidRolloutId) instead of leaving half of it queued.
+        """
+        checked = []
+        for rid, item in entries:
+            checked.append((check_rollout_id(rid), item, self.registry.get(environment_of(item)).name))
+        out = []
+        for rid, item, env_name in checked:
+            won, state, attempt = self.store.claim_provisioning(
+                rid, env_name, item, self.settings.timeouts.provision_stale_s
+            )
+            if won:
+                self.dispatcher.provision(rid, attempt)
+            out.append({"rollout_id": rid, "state": state, "queued": won})
+        return out
 
     def ensure_ready(self, rid: str, item: dict[str, Any] | None) -> RolloutRecord:
         """Return the rollout's record once its container is ready, provisioning it if needed.
@@ -111,14 +134,14 @@ class RolloutService:
             return SandboxLost(f"the rollout's sandbox was reaped ({rec.end_reason}); the rollout cannot continue")
         return SandboxLost(f"the rollout's sandbox was lost ({rec.end_reason}); the rollout cannot continue")
 
-    def release(self, rid: str, reason: str = "released by request") -> RolloutRecord:
+    def release(self, rid: str, reason: str = "released by request", how: str = "released") -> RolloutRecord:
         """End a rollout and remove its container. Idempotent. Raises RolloutNotFound."""
         rec = self.store.get_rollout(rid)
         if rec is None:
             raise RolloutNotFound(f"no rollout {rid!r}")
         previous = self.store.end_rollout(rid, RELEASED, reason)
         if previous:
-            metrics.ROLLOUTS_ENDED.labels("released").inc()
+            metrics.ROLLOUTS_ENDED.labels(how).inc()
         if rec.host and rec.container_name:
             self.dispatcher.destroy(rec.host, rid, rec.container_name)
         return self.store.get_rollout(rid) or rec
@@ -138,6 +161,8 @@ class Provisioner:
     backend: Backend
     settings: Settings
     semaphore: threading.BoundedSemaphore
+    registry: EnvironmentRegistry
+    preparer: Preparer
 
     def provision(self, rid: str, attempt: int) -> str:
         """Create the container for one claimed attempt. Returns what happened.
@@ -151,11 +176,13 @@ class Provisioner:
         name = container_name(self.settings.instance, rid)
         started = time.monotonic()
         try:
+            env = self.registry.get(rec.environment)
+            image = self.preparer.image_for(env)  # once per host and definition; outside the semaphore
             with self.semaphore:
-                container_id = self.backend.create(self._spec(name, rec))
+                container_id = self.backend.create(self._spec(name, rec, env, image))
                 self.backend.wait_ready(name, READY_TIMEOUT_S)
-        except InfraError as exc:
-            return self._failed(rid, attempt, name, str(exc), started)
+        except (InfraError, UnknownEnvironment) as exc:
+            return self._failed(rid, attempt, name, exc.message, started)
         except Exception as exc:  # a bug must still end the attempt, or callers wait for nothing
             log.exception("provisioning %s crashed", rid)
             return self._failed(rid, attempt, name, f"internal error: {exc}", started)
@@ -176,8 +203,9 @@ class Provisioner:
             self.backend.destroy(name)
         return "failed"
 
-    def _spec(self, name: str, rec: RolloutRecord) -> SandboxSpec:
+    def _spec(self, name: str, rec: RolloutRecord, env: Environment, image: str) -> SandboxSpec:
         s = self.settings
+        limits = env.spec.limits
         labels = {
             LABEL_ROLLOUT: rec.rollout_id,
             LABEL_ENVIRONMENT: rec.environment,
@@ -189,12 +217,12 @@ class Provisioner:
         }
         return SandboxSpec(
             name=name,
-            image=s.image,
+            image=image,
             labels=labels,
-            memory_bytes=s.limits.memory_bytes,
-            cpus=s.limits.cpus,
-            pids=s.limits.pids,
-            workdir=s.workdir,
+            memory_bytes=limits.memory_bytes or s.limits.memory_bytes,
+            cpus=limits.cpus or s.limits.cpus,
+            pids=limits.pids or s.limits.pids,
+            workdir=env.spec.workdir if env.spec.workspace or env.spec.image else s.workdir,
             user=s.sandbox_user,
         )
 

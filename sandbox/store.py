@@ -182,6 +182,16 @@ return state
 """
 
 
+_BUDGET = """
+local used = redis.call('HINCRBY', KEYS[1], 'budget_used', 1)
+if used > tonumber(ARGV[1]) then
+  redis.call('HINCRBY', KEYS[1], 'budget_used', -1)
+  return 0
+end
+return 1
+"""
+
+
 class Store:
     """Typed access to the service's Redis state. Methods raise StoreUnavailable when Redis does not answer."""
 
@@ -195,6 +205,7 @@ class Store:
         self._ready = client.register_script(_MARK_READY)
         self._failed = client.register_script(_MARK_FAILED)
         self._end = client.register_script(_END)
+        self._budget = client.register_script(_BUDGET)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, retention_s: float, max_connections: int = 1024) -> Store:
@@ -332,6 +343,16 @@ class Store:
                 self.r.hset(key, call_id, now)
                 return True
             return False
+
+    def consume_budget(self, rid: str, limit: int) -> bool:
+        """Count one tool call against the rollout's budget; False (and nothing counted) past it."""
+        with translate_errors():
+            return bool(self._budget(keys=[self.k_rollout(rid)], args=[limit]))
+
+    def refund_budget(self, rid: str) -> None:
+        """A call that failed on our side did not use the model's budget."""
+        with translate_errors():
+            self.r.hincrby(self.k_rollout(rid), "budget_used", -1)
 
     def release_call(self, rid: str, call_id: str) -> None:
         with translate_errors():

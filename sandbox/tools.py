@@ -16,6 +16,7 @@ from . import metrics
 from .calls import CallResult, ReadFileArgs, ShellArgs, ToolCall, validate_read_file, validate_shell
 from .config import Settings
 from .dispatch import Dispatcher
+from .environments import Environment, EnvironmentRegistry
 from .errors import (
     CallInProgress,
     InfraError,
@@ -40,6 +41,7 @@ class ToolService:
     dispatcher: Dispatcher
     rollouts: RolloutService
     settings: Settings
+    registry: EnvironmentRegistry
 
     def handle(self, call: ToolCall) -> CallResult:
         """Answer one tool call. Raises InfraError (recorded and counted) or CallInProgress."""
@@ -61,31 +63,41 @@ class ToolService:
         return result
 
     def _handle(self, call: ToolCall) -> CallResult:
-        args_or_problem = self._validate(call)
-        if isinstance(args_or_problem, str):
-            return self._model_error_without_running(call, args_or_problem)
-
         stored = self.store.stored_result(call.rollout_id, call.call_id)
-        if stored is not None:
+        if stored is not None:  # a retry: the first answer, never a second run
             return stored
+        rec = self.store.get_rollout(call.rollout_id)
+        # The environment is fixed by the rollout's first call; unknown names are a 404.
+        env = self.registry.get(rec.environment if rec else environment_of(call.item))
+        args_or_problem = self._validate(call, env)
+        if isinstance(args_or_problem, str):
+            return self._model_error_without_running(call, ModelReason.INVALID_ARGUMENTS, args_or_problem, env)
         if not self.store.claim_call(call.rollout_id, call.call_id, stale_s=self._call_budget_s(args_or_problem)):
             return self._wait_for_duplicate(call)
+        limit = env.spec.max_tool_calls
+        if limit is not None and not self.store.consume_budget(call.rollout_id, limit):
+            message = (
+                f"{call.tool}: the tool-call budget of this rollout ({limit} calls) is used up; give your final answer"
+            )
+            return self._model_error_without_running(call, ModelReason.BUDGET_EXHAUSTED, message, env)
         try:
             rec = self.rollouts.ensure_ready(call.rollout_id, call.item)
-            return self._dispatch(call, rec.host, args_or_problem)
+            return self._dispatch(call, rec.host, args_or_problem, env)
         except InfraError as exc:
+            if limit is not None:
+                self.store.refund_budget(call.rollout_id)
             self._record_infra(call, exc, had_sandbox=self._had_sandbox(call.rollout_id))
             raise
 
-    def _validate(self, call: ToolCall) -> ShellArgs | ReadFileArgs | str:
+    def _validate(self, call: ToolCall, env: Environment) -> ShellArgs | ReadFileArgs | str:
         if call.arguments is None:
             return f"{call.tool}: {call.arguments_error}"
         if call.tool == "shell":
             s = self.settings.shell
             return validate_shell(
                 call.arguments,
-                default_timeout=s.default_timeout_s,
-                max_timeout=s.max_timeout_s,
+                default_timeout=env.spec.shell_timeout_s or s.default_timeout_s,
+                max_timeout=max(s.max_timeout_s, env.spec.shell_timeout_s or 0),
                 max_command_bytes=s.max_command_bytes,
             )
         return validate_read_file(call.arguments)
@@ -95,7 +107,7 @@ class ToolService:
         t = self.settings.timeouts
         return t.provision_s + t.queue_s + timeout + 60.0
 
-    def _dispatch(self, call: ToolCall, host: str, args: ShellArgs | ReadFileArgs) -> CallResult:
+    def _dispatch(self, call: ToolCall, host: str, args: ShellArgs | ReadFileArgs, env: Environment) -> CallResult:
         reply_id = uuid.uuid4().hex
         if isinstance(args, ShellArgs):
             arguments: dict[str, Any] = {"command": args.command, "timeout_s": args.timeout_s}
@@ -111,6 +123,7 @@ class ToolService:
             "tool": call.tool,
             "arguments": arguments,
             "raw_arguments": call.raw_arguments,
+            "output_cap": env.spec.output_cap_bytes or self.settings.output.cap_bytes,
         }
         queue_s = self.settings.timeouts.queue_s
         self.dispatcher.execute(host, request, expires_s=queue_s)
@@ -133,8 +146,10 @@ class ToolService:
             time.sleep(0.05)
         raise CallInProgress(f"call {call.call_id!r} is still running; retry later for its result")
 
-    def _model_error_without_running(self, call: ToolCall, message: str) -> CallResult:
-        self.store.ensure_rollout(call.rollout_id, environment_of(call.item), call.item)
+    def _model_error_without_running(
+        self, call: ToolCall, reason: ModelReason, message: str, env: Environment
+    ) -> CallResult:
+        self.store.ensure_rollout(call.rollout_id, env.name, call.item)
         now = time.time()
         result = CallResult(
             call_id=call.call_id,
@@ -142,7 +157,7 @@ class ToolService:
             tool=call.tool,
             arguments=call.raw_arguments,
             outcome=Outcome.MODEL_ERROR,
-            reason=ModelReason.INVALID_ARGUMENTS,
+            reason=reason,
             output=message,
             started_at=now,
             finished_at=now,

@@ -83,6 +83,15 @@ class Stack:
         self.worker_metrics_port = free_port()
         self.run_dir = Path(tempfile.mkdtemp(prefix="sbxt-", dir="/tmp"))
         self.redis_url = redis_url
+        self.workspace_root = self.run_dir / "workspaces"
+        self.workspace_root.mkdir()
+        (self.workspace_root / "yaml-demo").mkdir()
+        (self.workspace_root / "yaml-demo" / "hello.txt").write_text("from the yaml file\n")
+        self.environments_file = self.run_dir / "environments.yaml"
+        self.environments_file.write_text(
+            f"environments:\n  yaml-demo:\n    workspace: {{type: dir, path: {self.workspace_root / 'yaml-demo'}}}\n"
+            "    max_tool_calls: 50\n"
+        )
         self.env = {
             **os.environ,
             "SANDBOX_API_TOKENS": self.token,
@@ -95,6 +104,9 @@ class Stack:
             "SANDBOX_WORKER_METRICS_PORT": str(self.worker_metrics_port),
             "SANDBOX_WORKER_CONCURRENCY": "48",
             "SANDBOX_LIFECYCLE__REAPER_INTERVAL_S": "1",
+            "SANDBOX_WORKSPACE_ROOTS": str(self.workspace_root),
+            "SANDBOX_ENVIRONMENTS_FILE": str(self.environments_file),
+            "SANDBOX_GRADING__CUSTOM_GRADERS": "tests.custom_grader:grade_by_calls",
             "SANDBOX_TIMEOUTS__PROVISION_S": "120",
             "PYTHONUNBUFFERED": "1",
             **overrides,
@@ -113,6 +125,13 @@ class Stack:
         self.docker = docker.from_env()
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
         self.prefix = self.env["SANDBOX_KEY_PREFIX"]
+        self.registered_digests: list[str] = []
+
+    def put_environment(self, name: str, spec: dict[str, Any]) -> httpx.Response:
+        r = self.http.put(f"/v1/environments/{name}", json=spec)
+        if r.status_code == 200:
+            self.registered_digests.append(r.json()["definition_digest"])
+        return r
 
     # --- processes ---
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -186,6 +205,9 @@ class Stack:
         self.http.close()
         for c in self.docker.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.session}"}):
             c.remove(force=True)
+        for digest in self.registered_digests:  # environment images this session built
+            for image in self.docker.images.list(filters={"label": f"sandbox.definition_digest={digest}"}):
+                self.docker.images.remove(image.id, force=True)
         keys = list(self.redis.scan_iter(f"{self.prefix}:*", count=1000))
         for i in range(0, len(keys), 500):
             self.redis.delete(*keys[i : i + 500])

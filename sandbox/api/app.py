@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from .. import __version__, metrics
 from ..config import Settings, get_settings
+from ..environments import load_file
 from .context import ApiContext
 from .errors import install_error_handlers
-from .routes import ops, rollouts, tools
+from .routes import environments, grade, ops, rollouts, tools
 
+log = logging.getLogger(__name__)
 _collector_registered = False
 
 
@@ -24,6 +28,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(tools.router)
     app.include_router(rollouts.router)
+    app.include_router(environments.router)
+    app.include_router(grade.router)
+    if settings.environments_file is not None:
+        names = load_file(ctx.registry, settings.environments_file)
+        log.info("registered environments from %s: %s", settings.environments_file, ", ".join(names))
     metrics.init_metrics()
     if not _collector_registered:
         REGISTRY.register(metrics.LiveSandboxesCollector(lambda: ctx.store))

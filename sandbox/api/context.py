@@ -8,6 +8,8 @@ import anyio
 from celery import Celery
 
 from ..config import Settings
+from ..environments import EnvironmentRegistry
+from ..grading_service import GradingService
 from ..rollouts import RolloutService
 from ..store import Store
 from ..tools import ToolService
@@ -21,6 +23,8 @@ class ApiContext:
     celery: Celery
     rollouts: RolloutService
     tools: ToolService
+    registry: EnvironmentRegistry
+    grading: GradingService
     # Tool calls block on Redis while the sandbox works; each holds a thread, so the
     # limit is how many calls one API process keeps in flight.
     limiter: anyio.CapacityLimiter
@@ -34,6 +38,8 @@ class ApiContext:
         )
         celery = create_celery(settings)
         dispatcher = CeleryDispatcher(celery, settings)
-        rollouts = RolloutService(store, dispatcher, settings)
-        tools = ToolService(store, dispatcher, rollouts, settings)
-        return cls(settings, store, celery, rollouts, tools, anyio.CapacityLimiter(threads))
+        registry = EnvironmentRegistry(store, settings)
+        rollouts = RolloutService(store, dispatcher, settings, registry)
+        tools = ToolService(store, dispatcher, rollouts, settings, registry)
+        grading = GradingService(store, registry, rollouts, settings)
+        return cls(settings, store, celery, rollouts, tools, registry, grading, anyio.CapacityLimiter(threads))

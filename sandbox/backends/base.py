@@ -74,3 +74,11 @@ class Backend(Protocol):
     def ping(self) -> None:
         """Raises EngineUnavailable when the engine does not answer."""
         ...
+
+    def image_id(self, name: str) -> str | None:
+        """The id of a local image, or None if it is not on this host."""
+        ...
+
+    def build_image(self, context_dir: str, tag: str, labels: dict[str, str]) -> None:
+        """Build `context_dir`'s Dockerfile as `tag`, without network. Raises ProvisionFailed."""
+        ...

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import docker
 import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount
 
 from ..errors import EngineUnavailable, InternalError, ProvisionFailed, SandboxLost
@@ -168,6 +168,23 @@ class DockerBackend:
     def ping(self) -> None:
         with _engine_errors():
             self.client.ping()
+
+    def image_id(self, name: str) -> str | None:
+        try:
+            with _engine_errors():
+                return str(self.client.api.inspect_image(name)["Id"])
+        except (NotFound, ImageNotFound):
+            return None
+
+    def build_image(self, context_dir: str, tag: str, labels: dict[str, str]) -> None:
+        try:
+            with _engine_errors():
+                # network none: an environment's build must not depend on (or reach) anything outside.
+                self.client.images.build(
+                    path=context_dir, tag=tag, labels=labels, rm=True, forcerm=True, network_mode="none", pull=False
+                )
+        except (BuildError, APIError) as exc:
+            raise ProvisionFailed(f"building environment image {tag} failed: {exc}") from exc
 
     # --- requests to the guest ---
     def request(self, name: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:

@@ -11,9 +11,11 @@ from functools import cached_property
 from .. import metrics
 from ..backends.docker import DockerBackend
 from ..config import Settings, get_settings
+from ..environments import EnvironmentRegistry
 from ..errors import InfraError
 from ..execution import Executor
 from ..lifecycle import Reaper, Reconciler
+from ..preparation import Preparer
 from ..rollouts import Provisioner
 from ..store import Store
 from .dispatch import CeleryDispatcher
@@ -55,10 +57,14 @@ class WorkerRuntime:
         return CeleryDispatcher(celery_app, self.settings)
 
     @cached_property
+    def registry(self) -> EnvironmentRegistry:
+        return EnvironmentRegistry(self.store, self.settings)
+
+    @cached_property
     def provisioner(self) -> Provisioner:
-        return Provisioner(
-            self.store, self.backend, self.settings, threading.BoundedSemaphore(self.settings.provision_concurrency)
-        )
+        semaphore = threading.BoundedSemaphore(self.settings.provision_concurrency)
+        preparer = Preparer(self.registry, self.backend, self.settings)
+        return Provisioner(self.store, self.backend, self.settings, semaphore, self.registry, preparer)
 
     @cached_property
     def executor(self) -> Executor:

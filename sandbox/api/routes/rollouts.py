@@ -9,9 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ...calls import check_rollout_id
 from ...errors import RolloutNotFound
-from ...rollouts import environment_of
 from ..auth import require_token
 from ..context import ApiContext
 
@@ -33,16 +31,7 @@ async def pre_provision(request: Request, body: PreProvisionRequest) -> JSONResp
     ctx: ApiContext = request.app.state.ctx
 
     def claim_all() -> list[dict[str, Any]]:
-        out = []
-        for entry in body.rollouts:
-            rid = check_rollout_id(entry.rollout_id)
-            won, state, attempt = ctx.store.claim_provisioning(
-                rid, environment_of(entry.item), entry.item, ctx.settings.timeouts.provision_stale_s
-            )
-            if won:
-                ctx.rollouts.dispatcher.provision(rid, attempt)
-            out.append({"rollout_id": rid, "state": state, "queued": won})
-        return out
+        return ctx.rollouts.pre_provision([(e.rollout_id, e.item) for e in body.rollouts])
 
     accepted = await anyio.to_thread.run_sync(claim_all, limiter=ctx.limiter)
     return JSONResponse({"rollouts": accepted}, status_code=202)

@@ -36,7 +36,7 @@ async def call_rollout_tool(rollout_id: str, tool: str, request: Request) -> JSO
 async def _call(request: Request, tool: str, path_rollout_id: str | None) -> JSONResponse:
     ctx: ApiContext = request.app.state.ctx
     check_tool(tool)
-    body = await _read_json(request)
+    body = await read_json(request)
     call = parse_tool_call(
         tool, body, path_rollout_id=path_rollout_id, header_rollout_id=request.headers.get("x-rollout-id")
     )
@@ -52,7 +52,7 @@ async def _call(request: Request, tool: str, path_rollout_id: str | None) -> JSO
     return JSONResponse(body_out, headers=headers)
 
 
-async def _read_json(request: Request) -> Any:
+async def read_json(request: Request) -> Any:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"request body larger than {MAX_BODY_BYTES} bytes")
