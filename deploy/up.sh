@@ -22,6 +22,13 @@ if [[ -z "${SANDBOX_API_TOKENS:-}" ]]; then
   SANDBOX_API_TOKENS="$(cat "$ROOT/.run/api-token")"
 fi
 export SANDBOX_API_TOKENS
+# Environments may take workspaces only from these host directories (comma-separated).
+export SANDBOX_WORKSPACE_ROOTS="${SANDBOX_WORKSPACE_ROOTS:-$ROOT/workspaces}"
+mkdir -p "$ROOT/workspaces"
+# Environments declared in a YAML file are registered when the API starts.
+if [[ -z "${SANDBOX_ENVIRONMENTS_FILE:-}" && -f "$ROOT/environments.yaml" ]]; then
+  export SANDBOX_ENVIRONMENTS_FILE="$ROOT/environments.yaml"
+fi
 TOKEN="${SANDBOX_API_TOKENS%%,*}"
 PORT="${SANDBOX_API_PORT:-8000}"
 
@@ -76,5 +83,6 @@ curl -sS http://127.0.0.1:$PORT/v1/tools/shell \\
   -d '{"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "shell", "arguments": "{\\"command\\": \\"uname -a; id; ls -la\\"}", "trace_id": "demo-rollout-1"}'
 
 Then: curl -sS -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:$PORT/v1/rollouts/demo-rollout-1/trajectory
+Workspaces for environments may come from: $SANDBOX_WORKSPACE_ROOTS
 Stop with: make down
 MSG
