@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from .config import get_settings
 
@@ -13,14 +16,24 @@ def run_api(args: argparse.Namespace) -> None:
     import uvicorn
 
     s = get_settings()
+    workers = args.workers or s.api_workers
+    port = args.port or s.api_port
+    if workers > 1:
+        # Each uvicorn worker counts in its own files here; a scrape (answered by any of
+        # them) merges them all. Emptied at start: counters restart with the service.
+        metrics_dir = Path(tempfile.gettempdir()) / f"sandbox-api-metrics-{port}"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     uvicorn.run(
         "sandbox.api.app:create_app",
         factory=True,
         host=args.host or s.api_host,
-        port=args.port or s.api_port,
+        port=port,
         log_level=args.log_level,
-        # One process serves hundreds of calls at once (they wait on Redis in threads).
-        workers=1,
+        # One process serves hundreds of calls at once (they wait on Redis in threads);
+        # more processes spread the JSON and HTTP work over more cores.
+        workers=workers,
         timeout_keep_alive=30,
         backlog=2048,
     )
@@ -49,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     api = sub.add_parser("api", help="run the HTTP API (uvicorn)")
     api.add_argument("--host")
     api.add_argument("--port", type=int)
+    api.add_argument("--workers", type=int, default=0, help="uvicorn worker processes (default SANDBOX_API_WORKERS)")
     api.add_argument("--log-level", default="info")
     api.set_defaults(func=run_api)
     worker = sub.add_parser("worker", help="run a Celery worker for this sandbox host")

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Address the API binds.")
     api_port: int = Field(8000, description="Port the API binds.")
+    api_workers: int = Field(
+        1, ge=1, le=64, description="uvicorn worker processes; >1 turns on Prometheus multiprocess mode."
+    )
     workspace_roots: str = Field(
         "", description="Comma-separated host directories environments may take workspaces from."
     )
@@ -184,5 +187,18 @@ def settings_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def update_readme(path: Path) -> None:
+    """Replace the settings table in the README with a freshly generated one."""
+    text = path.read_text()
+    start = text.index("| variable | default | meaning |")
+    end = text.index("\n## ", start)
+    path.write_text(text[:start] + settings_table() + text[end:])
+
+
 if __name__ == "__main__":
-    print(settings_table(), end="")
+    import sys
+
+    if sys.argv[1:2] == ["--update-readme"]:
+        update_readme(Path(sys.argv[2] if len(sys.argv) > 2 else "README.md"))
+    else:
+        print(settings_table(), end="")

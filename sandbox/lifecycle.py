@@ -15,7 +15,7 @@ from . import metrics
 from .backends.base import LABEL_HOST, LABEL_INSTANCE, Backend
 from .config import Settings
 from .dispatch import Dispatcher
-from .rollouts import mark_lost
+from .rollouts import end_rollout, mark_lost
 from .store import EXPIRED, LIVE_STATES, PROVISIONING, READY, Store
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,8 @@ class Reaper:
         for rid in dict.fromkeys(idle + old):
             rec = self.store.get_rollout(rid)
             reason = "max lifetime reached" if rid in old else "idle TTL reached"
-            if rec is None or not self.store.end_rollout(rid, EXPIRED, reason):
+            if rec is None or not end_rollout(self.store, rid, EXPIRED, reason, "expired"):
                 continue
-            metrics.ROLLOUTS_ENDED.labels("expired").inc()
             expired.append(rid)
             if rec.host and rec.container_name:
                 self.dispatcher.destroy(rec.host, rid, rec.container_name)

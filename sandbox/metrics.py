@@ -1,48 +1,59 @@
 """Prometheus metrics. Names: `sandbox_` prefix, base units, counters end in `_total`.
 
-Label values come from closed lists (outcomes.py, TOOLS, provisioning results) and every
-known combination starts at zero, so a rate() is defined before the first failure.
-Never a rollout id, path or digest as a label.
+Label values come from closed lists (outcomes.py, TOOLS and the tuples below) and every
+known combination starts at zero, so a rate() is defined before the first failure. Never a
+rollout id, path or digest as a label. docs/metrics.md is the catalogue.
+
+Counting across processes: the API may run several uvicorn workers; then prometheus-client's
+multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by `sandbox api --workers N`) merges their
+counters at scrape time. The Celery worker is one process (threads pool), so its registry is
+whole. State gauges are not counted at all: `StateCollector` reads them from Redis at scrape
+time, so a crashed process can never leave them wrong.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from prometheus_client import Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.registry import REGISTRY, Collector
 
 from . import __version__
-from .outcomes import OUTCOME_REASONS, TOOLS
+from .outcomes import OUTCOME_REASONS, TOOLS, InfraReason
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+CALL_COUNT_BUCKETS = (0, 1, 2, 4, 6, 8, 10, 15, 20, 30, 50, 100, 200)
+ROLLOUT_SECONDS_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
-# tool: TOOLS; outcome/reason: OUTCOME_REASONS
+PROVISION_SOURCES = ("warm", "cold")
+PROVISION_RESULTS = ("ok", "failed")
+END_HOWS = ("graded", "released", "expired", "lost")
+RECONCILER_KINDS = ("orphan_removed", "record_lost")
+GRADERS = ("file_f1", "numeric", "custom")
+GRADE_RESULTS = ("scored", "discarded_infra", "invalid")
+ZERO_CAUSES = ("model", "infra")
+INFRA_REASONS = tuple(r.value for r in InfraReason)
+
+# --- tool calls (API) ---
 TOOL_CALLS = Counter(
     "sandbox_tool_calls_total", "Tool calls answered, by how they ended.", ["tool", "outcome", "reason"]
 )
-# tool: TOOLS
 TOOL_CALL_DURATION = Histogram(
     "sandbox_tool_call_duration_seconds", "Time from request in to answer out.", ["tool"], buckets=LATENCY_BUCKETS
 )
-# result: ok | failed
-PROVISIONS = Counter("sandbox_provisions_total", "Sandbox containers provisioned, by result.", ["result"])
+# --- provisioning and hosts (worker) ---
+PROVISIONS = Counter("sandbox_provisions_total", "Sandboxes provisioned, by source and result.", ["source", "result"])
 PROVISION_DURATION = Histogram(
-    "sandbox_provision_duration_seconds",
-    "Time to create a container until its guest answers.",
-    ["result"],
+    "sandbox_provision_duration_seconds", "Time until a rollout's container answers.", ["source", "result"],
     buckets=LATENCY_BUCKETS,
-)
-# how: graded | released | expired | lost
-ROLLOUTS_ENDED = Counter("sandbox_rollouts_ended_total", "Rollouts that ended, by how.", ["how"])
-# action: orphan_removed | record_lost
+)  # fmt: skip
 RECONCILER_ACTIONS = Counter("sandbox_reconciler_actions_total", "What the reconciler fixed.", ["action"])
 GUEST_FALLBACKS = Counter(
     "sandbox_guest_fallbacks_total", "Calls served by docker exec because the container's guest was unreachable."
 )
-BUILD_INFO = Info("sandbox_build", "Version of the service.")
-# result: ready | failed
 ENV_PREPARATIONS = Counter(
     "sandbox_environment_preparations_total", "Environment images prepared on a host, by result.", ["result"]
 )
@@ -50,7 +61,19 @@ ENV_PREPARATION_DURATION = Histogram(
     "sandbox_environment_preparation_duration_seconds", "Time to build an environment's derived image.",
     buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900),
 )  # fmt: skip
-# grader: GRADERS; result: scored | discarded_infra | invalid
+# --- rollouts ending (API and worker) ---
+ROLLOUTS_ENDED = Counter("sandbox_rollouts_ended_total", "Rollouts that ended, by how.", ["how"])
+ROLLOUTS_TAINTED = Counter(
+    "sandbox_rollouts_tainted_total", "Rollouts marked infra-tainted, by the infra reason.", ["reason"]
+)
+ROLLOUT_TOOL_CALLS = Histogram(
+    "sandbox_rollout_tool_calls", "Tool calls of a rollout, observed when it ends.", ["how"], buckets=CALL_COUNT_BUCKETS
+)
+ROLLOUT_DURATION = Histogram(
+    "sandbox_rollout_duration_seconds", "Life of a rollout, observed when it ends.", ["how"],
+    buckets=ROLLOUT_SECONDS_BUCKETS,
+)  # fmt: skip
+# --- grading (API) ---
 GRADES = Counter("sandbox_grades_total", "Grade requests answered, by grader and result.", ["grader", "result"])
 REWARD = Histogram(
     "sandbox_reward",
@@ -63,30 +86,26 @@ ZERO_REWARDS = Counter(
     "sandbox_zero_rewards_total", "Rollouts that got (or would have got) reward 0, by cause.", ["cause"]
 )
 GRADED_TOOL_CALLS = Histogram(
-    "sandbox_graded_rollout_tool_calls", "Tool calls of each graded rollout.", ["grader"],
-    buckets=(0, 1, 2, 4, 6, 8, 10, 15, 20, 30, 50, 100),
-)  # fmt: skip
-
-PROVISION_RESULTS = ("ok", "failed")
-GRADERS = ("file_f1", "numeric", "custom")
-GRADE_RESULTS = ("scored", "discarded_infra", "invalid")
-ZERO_CAUSES = ("model", "infra")
-END_HOWS = ("graded", "released", "expired", "lost")
-RECONCILER_KINDS = ("orphan_removed", "record_lost")
+    "sandbox_graded_rollout_tool_calls", "Tool calls of each graded rollout.", ["grader"], buckets=CALL_COUNT_BUCKETS
+)
 
 
 def init_metrics() -> None:
     """Create every labelled series at zero."""
-    BUILD_INFO.info({"version": __version__})
     for tool in TOOLS:
         TOOL_CALL_DURATION.labels(tool)
         for outcome, reason in OUTCOME_REASONS:
             TOOL_CALLS.labels(tool, outcome, reason)
-    for result in PROVISION_RESULTS:
-        PROVISIONS.labels(result)
-        PROVISION_DURATION.labels(result)
+    for source in PROVISION_SOURCES:
+        for result in PROVISION_RESULTS:
+            PROVISIONS.labels(source, result)
+            PROVISION_DURATION.labels(source, result)
     for how in END_HOWS:
         ROLLOUTS_ENDED.labels(how)
+        ROLLOUT_TOOL_CALLS.labels(how)
+        ROLLOUT_DURATION.labels(how)
+    for reason in INFRA_REASONS:
+        ROLLOUTS_TAINTED.labels(reason)
     for action in RECONCILER_KINDS:
         RECONCILER_ACTIONS.labels(action)
     for result in ("ready", "failed"):
@@ -100,35 +119,91 @@ def init_metrics() -> None:
         ZERO_REWARDS.labels(cause)
 
 
-class LiveSandboxesCollector(Collector):
-    """Live sandboxes by state and host, read from Redis at scrape time.
+def observe_rollout_end(how: str, tool_calls: int, duration_s: float) -> None:
+    ROLLOUTS_ENDED.labels(how).inc()
+    ROLLOUT_TOOL_CALLS.labels(how).observe(tool_calls)
+    ROLLOUT_DURATION.labels(how).observe(max(duration_s, 0.0))
 
-    Computed, not counted, so a crashed process can never leave the gauge wrong.
+
+class StateCollector(Collector):
+    """Gauges read from Redis at scrape time: live sandboxes, backlog, queues, hosts, pools.
+
+    `state` returns a snapshot dict (see `Store.state_snapshot`); when it raises, the scrape
+    still answers, with `sandbox_store_up 0`.
     """
 
-    def __init__(self, store_factory) -> None:  # type: ignore[no-untyped-def]
-        self._store_factory = store_factory
+    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+        self._state = state
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily(
-            "sandbox_live_sandboxes", "Rollouts holding or awaiting a container.", labels=["state", "host"]
-        )
+        info = GaugeMetricFamily("sandbox_build_info", "Version of the service (always 1).", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
         up = GaugeMetricFamily("sandbox_store_up", "1 when the state store answered this scrape.")
         try:
-            records = self._store_factory().live_rollouts()
-        except Exception:  # a scrape must not fail because Redis is down; say so instead
+            snap = self._state()
+        except Exception:  # Redis down must not break the scrape; it is what this gauge says
             up.add_metric([], 0)
             yield up
             return
-        counts: dict[tuple[str, str], int] = {}
-        for rec in records:
-            key = (rec.state, rec.host or "unplaced")
-            counts[key] = counts.get(key, 0) + 1
-        for state in ("provisioning", "ready"):
-            counts.setdefault((state, "unplaced" if state == "provisioning" else ""), 0)
-        for (state, host), n in sorted(counts.items()):
-            if host:
-                gauge.add_metric([state, host], n)
         up.add_metric([], 1)
-        yield gauge
         yield up
+        live = GaugeMetricFamily(
+            "sandbox_live_sandboxes", "Rollouts holding or awaiting a container.", labels=["state", "host"]
+        )
+        for (state, host), n in sorted(snap["live"].items()):
+            live.add_metric([state, host], n)
+        yield live
+        backlog = GaugeMetricFamily("sandbox_provisioning_backlog", "Rollouts waiting for their container.")
+        backlog.add_metric([], snap["backlog"])
+        yield backlog
+        queues = GaugeMetricFamily("sandbox_queue_depth", "Messages waiting in each Celery queue.", labels=["queue"])
+        for queue, n in sorted(snap["queues"].items()):
+            queues.add_metric([queue], n)
+        yield queues
+        host_up = GaugeMetricFamily(
+            "sandbox_host_up", "1 when the host's worker beats and its engine answers.", labels=["host"]
+        )
+        for host, ok in sorted(snap["hosts"].items()):
+            host_up.add_metric([host], 1 if ok else 0)
+        yield host_up
+        hosts_up = GaugeMetricFamily("sandbox_hosts_up", "Sandbox hosts up.")
+        hosts_up.add_metric([], sum(1 for ok in snap["hosts"].values() if ok))
+        yield hosts_up
+        available = GaugeMetricFamily(
+            "sandbox_warm_pool_available", "Pre-started containers ready to be claimed.", labels=["environment", "host"]
+        )
+        target = GaugeMetricFamily(
+            "sandbox_warm_pool_target", "Configured warm pool size (0: no pool).", labels=["environment", "host"]
+        )
+        for (env, host), (n_available, n_target) in sorted(snap["pools"].items()):
+            available.add_metric([env, host], n_available)
+            target.add_metric([env, host], n_target)
+        yield available
+        yield target
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition(state_collector: Collector) -> bytes:
+    """The text a /metrics scrape returns, correct with one API process or several."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        registry.register(state_collector)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY) + generate_latest(_single(state_collector))
+
+
+_state_registries: dict[int, CollectorRegistry] = {}
+
+
+def _single(collector: Collector) -> CollectorRegistry:
+    registry = _state_registries.get(id(collector))
+    if registry is None:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        _state_registries[id(collector)] = registry
+    return registry

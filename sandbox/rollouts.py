@@ -29,6 +29,7 @@ from .config import Settings
 from .dispatch import Dispatcher
 from .environments import Environment, EnvironmentRegistry, UnknownEnvironment
 from .errors import InfraError, ProvisionFailed, QueueTimeout, RolloutNotFound, SandboxError, SandboxLost
+from .outcomes import InfraReason
 from .preparation import Preparer
 from .store import ENDED_STATES, EXPIRED, FAILED, LOST, PENDING, PROVISIONING, READY, RELEASED, RolloutRecord, Store
 
@@ -139,9 +140,7 @@ class RolloutService:
         rec = self.store.get_rollout(rid)
         if rec is None:
             raise RolloutNotFound(f"no rollout {rid!r}")
-        previous = self.store.end_rollout(rid, RELEASED, reason)
-        if previous:
-            metrics.ROLLOUTS_ENDED.labels(how).inc()
+        end_rollout(self.store, rid, RELEASED, reason, how)
         if rec.host and rec.container_name:
             self.dispatcher.destroy(rec.host, rid, rec.container_name)
         return self.store.get_rollout(rid) or rec
@@ -191,13 +190,13 @@ class Provisioner:
             if now is None or now.state != PROVISIONING:  # released meanwhile: nobody will use it
                 self.backend.destroy(name)
             return "superseded"
-        metrics.PROVISIONS.labels("ok").inc()
-        metrics.PROVISION_DURATION.labels("ok").observe(time.monotonic() - started)
+        metrics.PROVISIONS.labels("cold", "ok").inc()
+        metrics.PROVISION_DURATION.labels("cold", "ok").observe(time.monotonic() - started)
         return "ready"
 
     def _failed(self, rid: str, attempt: int, name: str, message: str, started: float) -> str:
-        metrics.PROVISIONS.labels("failed").inc()
-        metrics.PROVISION_DURATION.labels("failed").observe(time.monotonic() - started)
+        metrics.PROVISIONS.labels("cold", "failed").inc()
+        metrics.PROVISION_DURATION.labels("cold", "failed").observe(time.monotonic() - started)
         self.store.mark_provision_failed(rid, attempt, message)
         with contextlib.suppress(InfraError):  # else the reconciler removes it later
             self.backend.destroy(name)
@@ -227,9 +226,23 @@ class Provisioner:
         )
 
 
+def end_rollout(store: Store, rid: str, state: str, reason: str, how: str) -> bool:
+    """End a live rollout and observe how it ended; False when it had ended already."""
+    if not store.end_rollout(rid, state, reason):
+        return False
+    rec = store.get_rollout(rid)
+    calls = sum((rec.calls or {}).values()) if rec else 0
+    metrics.observe_rollout_end(how, calls, (rec.ended_at - rec.created_at) if rec else 0.0)
+    return True
+
+
+def taint(store: Store, rid: str, reason: str) -> None:
+    """Mark a rollout infra-tainted (the grader will refuse it), counted once per rollout."""
+    if store.taint(rid, reason):
+        metrics.ROLLOUTS_TAINTED.labels(reason).inc()
+
+
 def mark_lost(store: Store, rid: str, reason: str) -> bool:
     """A sandbox that served results vanished: end the rollout as lost (and tainted), once."""
-    previous = store.end_rollout(rid, LOST, reason)
-    if previous:
-        metrics.ROLLOUTS_ENDED.labels("lost").inc()
-    return bool(previous)
+    taint(store, rid, InfraReason.SANDBOX_LOST.value)
+    return end_rollout(store, rid, LOST, reason, "lost")

@@ -192,6 +192,13 @@ return 1
 """
 
 
+_TAINT = """
+if redis.call('HGET', KEYS[1], 'tainted') == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'tainted', '1', 'taint_reason', ARGV[1])
+return 1
+"""
+
+
 class Store:
     """Typed access to the service's Redis state. Methods raise StoreUnavailable when Redis does not answer."""
 
@@ -206,6 +213,7 @@ class Store:
         self._failed = client.register_script(_MARK_FAILED)
         self._end = client.register_script(_END)
         self._budget = client.register_script(_BUDGET)
+        self._taint = client.register_script(_TAINT)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, retention_s: float, max_connections: int = 1024) -> Store:
@@ -303,9 +311,10 @@ class Store:
                 or ""
             )
 
-    def taint(self, rid: str, reason: str) -> None:
+    def taint(self, rid: str, reason: str) -> bool:
+        """Mark the rollout infra-tainted; True only the first time (so it is counted once)."""
         with translate_errors():
-            self.r.hset(self.k_rollout(rid), mapping={"tainted": "1", "taint_reason": reason})
+            return bool(self._taint(keys=[self.k_rollout(rid)], args=[reason]))
 
     def rollouts_idle_since(self, cutoff: float, limit: int = 1000) -> list[str]:
         with translate_errors():
@@ -324,6 +333,32 @@ class Store:
                 pipe.hgetall(self.k_rollout(rid))
             hashes = pipe.execute()
         return [RolloutRecord.from_hash(rid, h) for rid, h in zip(rids, hashes, strict=True) if h]
+
+    def state_snapshot(self, queue_names: list[str], broker: Any = None) -> dict[str, Any]:
+        """What the scrape-time gauges show (metrics.StateCollector), read in a few round trips."""
+        live: dict[tuple[str, str], int] = {}
+        backlog = 0
+        for rec in self.live_rollouts():
+            key = (rec.state, rec.host or "unplaced")
+            live[key] = live.get(key, 0) + 1
+            backlog += rec.state == PROVISIONING
+        hosts = {h: info.get("engine_healthy") == "1" for h, info in self.hosts().items()}
+        for host in hosts:
+            live.setdefault((READY, host), 0)
+        live.setdefault((PROVISIONING, "unplaced"), 0)
+        with translate_errors():
+            pipe = (broker or self.r).pipeline(transaction=False)
+            for name in queue_names:
+                for queue_key in _celery_queue_keys(name):
+                    pipe.llen(queue_key)
+            lengths = pipe.execute()
+        per_queue = len(_celery_queue_keys("x"))
+        queues = {name: sum(lengths[i * per_queue : (i + 1) * per_queue]) for i, name in enumerate(queue_names)}
+        return {"live": live, "backlog": backlog, "queues": queues, "hosts": hosts, "pools": self.pool_sizes(hosts)}
+
+    def pool_sizes(self, hosts: dict[str, bool]) -> dict[tuple[str, str], tuple[int, int]]:
+        """(available, target) warm containers per (environment, host); empty without pools."""
+        return {}
 
     # --- calls ---
     def stored_result(self, rid: str, call_id: str) -> CallResult | None:
@@ -436,6 +471,11 @@ class Store:
     def ping(self) -> None:
         with translate_errors():
             self.r.ping()
+
+
+def _celery_queue_keys(name: str) -> list[str]:
+    """Kombu's Redis transport keeps a queue as one list per priority step."""
+    return [name] + [f"{name}\x06\x16{step}" for step in (3, 6, 9)]
 
 
 def _dump_item(item: dict[str, Any] | None) -> str:

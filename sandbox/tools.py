@@ -28,7 +28,7 @@ from .errors import (
     infra_error_from_reason,
 )
 from .outcomes import ModelReason, Outcome
-from .rollouts import RolloutService, environment_of, mark_lost
+from .rollouts import RolloutService, environment_of, mark_lost, taint
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class ToolService:
             if isinstance(exc, SandboxLost):
                 mark_lost(self.store, call.rollout_id, exc.message)
             if had_sandbox:
-                self.store.taint(call.rollout_id, exc.reason.value)
+                taint(self.store, call.rollout_id, exc.reason.value)
             self.store.record_call(call.rollout_id, result)
         except InfraError:
             pass  # the store itself is down; the 5xx still goes out and is counted

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
-from prometheus_client import REGISTRY
 
 from .. import __version__, metrics
 from ..config import Settings, get_settings
@@ -15,11 +14,9 @@ from .errors import install_error_handlers
 from .routes import environments, grade, ops, rollouts, tools
 
 log = logging.getLogger(__name__)
-_collector_registered = False
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    global _collector_registered
     settings = settings or get_settings()
     ctx = ApiContext.build(settings)
     app = FastAPI(title="Rollout sandbox service", version=__version__)
@@ -34,7 +31,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         names = load_file(ctx.registry, settings.environments_file)
         log.info("registered environments from %s: %s", settings.environments_file, ", ".join(names))
     metrics.init_metrics()
-    if not _collector_registered:
-        REGISTRY.register(metrics.LiveSandboxesCollector(lambda: ctx.store))
-        _collector_registered = True
+    app.state.state_collector = metrics.StateCollector(ctx.state_snapshot)
     return app

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
+import redis
 from celery import Celery
 
-from ..config import Settings
+from ..config import Settings, host_queue_name
 from ..environments import EnvironmentRegistry
 from ..grading_service import GradingService
 from ..rollouts import RolloutService
@@ -28,6 +30,14 @@ class ApiContext:
     # Tool calls block on Redis while the sandbox works; each holds a thread, so the
     # limit is how many calls one API process keeps in flight.
     limiter: anyio.CapacityLimiter
+    broker: redis.Redis
+
+    def state_snapshot(self) -> dict[str, Any]:
+        """Scrape-time state for the gauges: Redis records plus the broker's queue lengths."""
+        s = self.settings
+        hosts = self.store.hosts()
+        queues = [s.provision_queue, s.maintenance_queue] + [host_queue_name(s.instance, h) for h in hosts]
+        return self.store.state_snapshot(queues, broker=self.broker)
 
     @classmethod
     def build(cls, settings: Settings, threads: int = 1024) -> ApiContext:
@@ -42,4 +52,5 @@ class ApiContext:
         rollouts = RolloutService(store, dispatcher, settings, registry)
         tools = ToolService(store, dispatcher, rollouts, settings, registry)
         grading = GradingService(store, registry, rollouts, settings)
-        return cls(settings, store, celery, rollouts, tools, registry, grading, anyio.CapacityLimiter(threads))
+        broker = redis.Redis.from_url(settings.celery_broker_url, socket_connect_timeout=5, socket_timeout=5)
+        return cls(settings, store, celery, rollouts, tools, registry, grading, anyio.CapacityLimiter(threads), broker)

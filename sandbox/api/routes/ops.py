@@ -8,8 +8,9 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from ... import metrics
 from ...errors import InfraError
 from ..context import ApiContext
 
@@ -59,5 +60,8 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics_endpoint() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics_endpoint(request: Request) -> Response:
+    ctx: ApiContext = request.app.state.ctx
+    # The state gauges read Redis: off the event loop, like every other Redis access.
+    body = await anyio.to_thread.run_sync(metrics.exposition, request.app.state.state_collector, limiter=ctx.limiter)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
