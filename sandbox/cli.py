@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--log-level", default="info")
     worker.set_defaults(func=run_worker)
     from .bench import add_parser as add_bench
+    from .chaos import add_parser as add_chaos
 
     add_bench(sub)
+    add_chaos(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

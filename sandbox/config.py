@@ -49,6 +49,9 @@ class TimeoutSettings(BaseModel):
     )
     queue_s: float = Field(60.0, gt=0, description="A tool call waits this long for a worker to pick it up.")
     provision_stale_s: float = Field(300.0, gt=0, description="A provisioning claim older than this may be taken over.")
+    reply_slack_s: float = Field(
+        20.0, gt=0, description="Wait past a call's own deadline before its worker counts as lost."
+    )
 
 
 class GradingSettings(BaseModel):

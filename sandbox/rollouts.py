@@ -28,7 +28,15 @@ from .calls import check_rollout_id
 from .config import Settings
 from .dispatch import Dispatcher
 from .environments import Environment, EnvironmentRegistry, UnknownEnvironment
-from .errors import InfraError, ProvisionFailed, QueueTimeout, RolloutNotFound, SandboxError, SandboxLost
+from .errors import (
+    INFRA_ERRORS_BY_REASON,
+    InfraError,
+    ProvisionFailed,
+    QueueTimeout,
+    RolloutNotFound,
+    SandboxError,
+    SandboxLost,
+)
 from .outcomes import InfraReason
 from .preparation import Preparer
 from .store import ENDED_STATES, EXPIRED, FAILED, LOST, PENDING, PROVISIONING, READY, RELEASED, RolloutRecord, Store
@@ -102,7 +110,9 @@ class RolloutService:
             if rec is not None and state in ENDED_STATES:
                 raise self._ended_error(rec)
             if rec is not None and state == FAILED and waited_on == rec.provision_attempt:
-                raise ProvisionFailed(f"could not provision the sandbox: {rec.provision_error}")
+                # The same reason the worker saw: an engine down is not a broken image.
+                error_class = INFRA_ERRORS_BY_REASON.get(rec.provision_error_reason, ProvisionFailed)
+                raise error_class(f"could not provision the sandbox: {rec.provision_error}")
             stale = (
                 rec is not None
                 and state == PROVISIONING
@@ -180,11 +190,13 @@ class Provisioner:
             with self.semaphore:
                 container_id = self.backend.create(self._spec(name, rec, env, image))
                 self.backend.wait_ready(name, READY_TIMEOUT_S)
-        except (InfraError, UnknownEnvironment) as exc:
+        except InfraError as exc:
+            return self._failed(rid, attempt, name, exc.message, started, exc.reason.value)
+        except UnknownEnvironment as exc:
             return self._failed(rid, attempt, name, exc.message, started)
         except Exception as exc:  # a bug must still end the attempt, or callers wait for nothing
             log.exception("provisioning %s crashed", rid)
-            return self._failed(rid, attempt, name, f"internal error: {exc}", started)
+            return self._failed(rid, attempt, name, f"internal error: {exc}", started, "internal")
         if not self.store.mark_ready(rid, attempt, self.settings.host_id, container_id, name):
             now = self.store.get_rollout(rid)
             if now is None or now.state != PROVISIONING:  # released meanwhile: nobody will use it
@@ -194,10 +206,12 @@ class Provisioner:
         metrics.PROVISION_DURATION.labels("cold", "ok").observe(time.monotonic() - started)
         return "ready"
 
-    def _failed(self, rid: str, attempt: int, name: str, message: str, started: float) -> str:
+    def _failed(
+        self, rid: str, attempt: int, name: str, message: str, started: float, reason: str = "provision_failed"
+    ) -> str:
         metrics.PROVISIONS.labels("cold", "failed").inc()
         metrics.PROVISION_DURATION.labels("cold", "failed").observe(time.monotonic() - started)
-        self.store.mark_provision_failed(rid, attempt, message)
+        self.store.mark_provision_failed(rid, attempt, message, reason)
         with contextlib.suppress(InfraError):  # else the reconciler removes it later
             self.backend.destroy(name)
         return "failed"

@@ -55,6 +55,7 @@ class RolloutRecord:
     provision_attempt: int = 0
     provision_claimed_at: float = 0.0
     provision_error: str = ""
+    provision_error_reason: str = ""
     tainted: bool = False
     taint_reason: str = ""
     calls: dict[str, int] | None = None
@@ -80,6 +81,7 @@ class RolloutRecord:
             provision_attempt=int(h.get("provision_attempt") or 0),
             provision_claimed_at=f("provision_claimed_at"),
             provision_error=h.get("provision_error", ""),
+            provision_error_reason=h.get("provision_error_reason", ""),
             tainted=h.get("tainted") == "1",
             taint_reason=h.get("taint_reason", ""),
             calls={o.value: int(h.get(f"calls_{o.value}") or 0) for o in Outcome},
@@ -157,7 +159,7 @@ return 1
 _MARK_FAILED = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'provisioning' then return 0 end
 if redis.call('HGET', KEYS[1], 'provision_attempt') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'failed', 'provision_error', ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'failed', 'provision_error', ARGV[1], 'provision_error_reason', ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[3], ARGV[3])
 return 1
@@ -202,9 +204,18 @@ return 1
 class Store:
     """Typed access to the service's Redis state. Methods raise StoreUnavailable when Redis does not answer."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "sbx", retention_s: float = 7 * 86400) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "sbx",
+        retention_s: float = 7 * 86400,
+        blocking: redis.Redis | None = None,
+    ) -> None:
         # decode_responses=True: every reply is str; redis-py's stubs cannot express that.
         self.r: Any = client
+        # Blocking waits (BLPOP for a worker's reply) last as long as a command may run, far
+        # past any socket read timeout, so they use their own connections without one.
+        self.blocking: Any = blocking or client
         self.p = prefix
         self.retention_s = int(retention_s)
         self._ensure = client.register_script(_ENSURE)
@@ -217,15 +228,14 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, prefix: str, retention_s: float, max_connections: int = 1024) -> Store:
+        common = {"decode_responses": True, "socket_connect_timeout": 5, "socket_keepalive": True, "timeout": 10}
         pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=10,
-            decode_responses=True,
-            socket_connect_timeout=5,
-            health_check_interval=30,
+            url, max_connections=max_connections, socket_timeout=10, health_check_interval=30, **common
         )
-        return cls(redis.Redis(connection_pool=pool), prefix, retention_s)
+        blocking_pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, socket_timeout=None, **common
+        )
+        return cls(redis.Redis(connection_pool=pool), prefix, retention_s, redis.Redis(connection_pool=blocking_pool))
 
     # --- keys ---
     def k_rollout(self, rid: str) -> str:
@@ -284,11 +294,12 @@ class Store:
                 )
             )
 
-    def mark_provision_failed(self, rid: str, attempt: int, message: str) -> bool:
+    def mark_provision_failed(self, rid: str, attempt: int, message: str, reason: str = "provision_failed") -> bool:
+        """End a provisioning attempt; `reason` is the infra reason the waiting callers answer with."""
         with translate_errors():
             return bool(
                 self._failed(
-                    keys=[self.k_rollout(rid), self.k_live, self.k_created], args=[message[:2000], attempt, rid]
+                    keys=[self.k_rollout(rid), self.k_live, self.k_created], args=[message[:2000], attempt, rid, reason]
                 )
             )
 
@@ -357,8 +368,12 @@ class Store:
         return {"live": live, "backlog": backlog, "queues": queues, "hosts": hosts, "pools": self.pool_sizes(hosts)}
 
     def pool_sizes(self, hosts: dict[str, bool]) -> dict[tuple[str, str], tuple[int, int]]:
-        """(available, target) warm containers per (environment, host); empty without pools."""
-        return {}
+        """(available, target) warm containers per (environment, host).
+
+        No warm pools exist yet, so every host reports an empty pool with no target for
+        the default environment: true zeros rather than missing series.
+        """
+        return {("default", host): (0, 0) for host in hosts}
 
     # --- calls ---
     def stored_result(self, rid: str, call_id: str) -> CallResult | None:
@@ -433,7 +448,7 @@ class Store:
 
     def wait_reply(self, reply_id: str, timeout_s: float) -> dict[str, Any] | None:
         with translate_errors():
-            got = self.r.blpop([self.k_reply(reply_id)], timeout=max(timeout_s, 0.01))
+            got = self.blocking.blpop([self.k_reply(reply_id)], timeout=max(timeout_s, 0.01))
         return json.loads(got[1]) if got else None
 
     def mark_started(self, reply_id: str, ttl_s: int = 3600) -> None:

@@ -127,7 +127,7 @@ class ToolService:
         }
         queue_s = self.settings.timeouts.queue_s
         self.dispatcher.execute(host, request, expires_s=queue_s)
-        reply = self.store.wait_reply(reply_id, queue_s + run_s + 20.0)
+        reply = self.store.wait_reply(reply_id, queue_s + run_s + self.settings.timeouts.reply_slack_s)
         if reply is None:
             if self.store.was_started(reply_id):
                 raise WorkerLost("the worker running this call stopped answering")

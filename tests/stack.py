@@ -122,7 +122,7 @@ class Stack:
             timeout=180,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
-        self.docker = docker.from_env()
+        self.docker = docker.DockerClient(base_url=self.env.get("SANDBOX_DOCKER_HOST", "unix:///var/run/docker.sock"))
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
         self.prefix = self.env["SANDBOX_KEY_PREFIX"]
         self.registered_digests: list[str] = []
@@ -180,6 +180,13 @@ class Stack:
     def stop_worker(self, sig: int = signal.SIGTERM) -> None:
         self._stop(self.worker_proc, sig)
         self.worker_proc = None
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker and its embedded beat (its own process group), like a crash."""
+        if self.worker_proc is not None:
+            os.killpg(self.worker_proc.pid, signal.SIGKILL)
+            self.worker_proc.wait(timeout=10)
+            self.worker_proc = None
 
     def stop_api(self) -> None:
         self._stop(self.api_proc)

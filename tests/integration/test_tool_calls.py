@@ -150,3 +150,10 @@ def test_read_file_text_range_and_errors(stack: Stack) -> None:
     assert big.headers["X-Sandbox-Outcome"] == "ok"
     assert big.json()["output"].startswith("1\n2\n") and big.json()["output"].endswith("100000\n")
     assert "bytes omitted ...]" in big.json()["output"]
+
+
+def test_a_command_longer_than_redis_socket_timeouts_still_answers(stack: Stack) -> None:
+    # redis-py reads time out after 5 s by default; the wait for a worker's reply must not.
+    r = stack.shell(rid("long"), "sleep 7; echo finished", timeout=20)
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == "finished\n"
