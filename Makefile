@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: up down test unit integration lint deps image
+.PHONY: up down test unit integration lint deps image monitoring-test bench
 
 up:
 	@bash deploy/up.sh
@@ -17,8 +17,17 @@ deps:
 image:
 	@bash images/build.sh
 
-test: deps
+test: deps monitoring-test
 	$(VENV)/pytest -q -ra
+
+# promtool checks and rule unit tests, the dashboard kept in step with its generator.
+# Installs Debian's prometheus package (promtool, and the server the proof test uses).
+monitoring-test: deps
+	@bash monitoring/test.sh
+
+# The burst benchmark against the `make up` stack; writes docs/benchmarks.{md,json}.
+bench: up
+	$(VENV)/sandbox bench burst
 
 unit:
 	$(VENV)/pytest -q tests/unit

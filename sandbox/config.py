@@ -38,6 +38,9 @@ class LifecycleSettings(BaseModel):
     idle_ttl_s: float = Field(1800.0, gt=0, description="A rollout unused this long is released by the reaper.")
     max_lifetime_s: float = Field(7200.0, gt=0, description="A rollout older than this is released by the reaper.")
     reaper_interval_s: float = Field(30.0, gt=0, description="How often beat runs the reaper and reconciler.")
+    orphan_grace_s: float = Field(
+        60.0, ge=0, description="A container no record or pool owns is removed once older than this."
+    )
     retention_s: float = Field(
         7 * 86400.0, gt=0, description="How long records and trajectories are kept after a rollout ends."
     )
@@ -101,6 +104,7 @@ class Settings(BaseSettings):
     provision_concurrency: int = Field(
         6, ge=1, description="Container creations at once per host (what the engine sustains)."
     )
+    warm_pool_size: int = Field(0, ge=0, description="Warm containers kept per host for the default environment.")
     worker_metrics_port: int = Field(
         9101, ge=0, description="Port of the worker's /metrics on 127.0.0.1; 0 disables it."
     )

@@ -25,3 +25,7 @@ class Dispatcher(Protocol):
     def destroy(self, host: str, rollout_id: str, container_name: str) -> None:
         """Queue the removal of a container on its host."""
         ...
+
+    def refill(self, host: str) -> None:
+        """Ask a host to top up its warm pools (coalesced: many asks, one refill)."""
+        ...

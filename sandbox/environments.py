@@ -59,6 +59,7 @@ class EnvironmentSpec(BaseModel):
     shell_timeout_s: float | None = Field(None, gt=0)
     output_cap_bytes: int | None = Field(None, ge=256, le=1024 * 1024)
     max_tool_calls: int | None = Field(None, ge=1)
+    warm_pool_size: int = Field(0, ge=0, le=5000, description="pre-started containers kept ready on each host")
 
 
 class Environment(BaseModel):
@@ -161,6 +162,15 @@ class EnvironmentRegistry:
         with translate_errors():
             return sorted(set(self.r.smembers(f"{self.p}:envs")) | {DEFAULT})
 
+    def pool_targets(self) -> dict[str, int]:
+        """Warm pool size per environment (per host). `default` follows SANDBOX_WARM_POOL_SIZE unless registered."""
+        targets = {DEFAULT: self.settings.warm_pool_size}
+        for name in self.names():
+            env = self.get(name)
+            if name != DEFAULT or env.registered_at:
+                targets[name] = env.spec.warm_pool_size
+        return targets  # zero targets included: a pool that shrank to nothing must be trimmed
+
     def files(self, env: Environment) -> set[str] | None:
         """The workspace's files at the base, or None when the environment has no workspace."""
         if env.spec.workspace is None:
@@ -186,7 +196,14 @@ class EnvironmentRegistry:
             "file_count": env.file_count,
             "registered_at": env.registered_at or None,
             "preparation": self.preparation(env.name),
+            "pool": self.pool_view(env),
         }
+
+    def pool_view(self, env: Environment) -> dict[str, dict[str, int]]:
+        target = env.spec.warm_pool_size if env.registered_at or env.name != DEFAULT else self.settings.warm_pool_size
+        hosts = self.store.hosts()
+        sizes = self.store.pool_sizes({h: True for h in hosts}, {env.name: target})
+        return {host: {"available": n, "target": t} for (_, host), (n, t) in sizes.items()}
 
 
 def load_file(registry: EnvironmentRegistry, path: Path) -> list[str]:

@@ -37,10 +37,16 @@ class Executor:
             if stored is not None:  # a redelivered task: the command already ran
                 return {"result": stored.to_dict()}
             result = self._run(request)
-            self.store.record_call(rid, result)
+            self.store.record_call(rid, result, served=True)
             return {"result": result.to_dict()}
         except InfraError as exc:
             if isinstance(exc, SandboxLost):
+                if self.store.fail_unserved(rid, exc.message):
+                    # Died before serving anything (e.g. a stale warm container): the
+                    # agent lost nothing, so this is a provisioning failure, retryable.
+                    return {
+                        "infra": {"reason": "provision_failed", "message": f"sandbox died before use: {exc.message}"}
+                    }
                 mark_lost(self.store, rid, exc.message)
             return {"infra": {"reason": exc.reason.value, "message": exc.message}}
 

@@ -101,7 +101,7 @@ class GradingService:
             reference = item.get("reference_files")
             if not isinstance(reference, list) or not all(isinstance(p, str) for p in reference):
                 raise InvalidGradeRequest("file_f1 needs item['reference_files'], a list of paths")
-            env = self.registry.get(environment)
+            env = self.registry.get(environment or "default")
             beta = _float_or(item.get("beta"), self.settings.grading.beta)
             if beta <= 0:
                 raise InvalidGradeRequest("beta must be positive")

@@ -15,13 +15,11 @@ from . import metrics
 from .backends.base import LABEL_HOST, LABEL_INSTANCE, Backend
 from .config import Settings
 from .dispatch import Dispatcher
-from .rollouts import end_rollout, mark_lost
-from .store import EXPIRED, LIVE_STATES, PROVISIONING, READY, Store
+from .environments import EnvironmentRegistry
+from .rollouts import container_name, end_rollout, mark_lost
+from .store import EXPIRED, PROVISIONING, READY, RolloutRecord, Store
 
 log = logging.getLogger(__name__)
-# Records are written before containers are created, so a container without one is an
-# orphan; the grace only spares one whose record is being written this very moment.
-ORPHAN_GRACE_S = 10.0
 
 
 @dataclass
@@ -53,47 +51,65 @@ class Reconciler:
     store: Store
     backend: Backend
     settings: Settings
+    registry: EnvironmentRegistry
 
     def reconcile(self) -> dict[str, int]:
-        """Compare this host's labelled containers with the records; fix and count drift."""
+        """Compare this host's labelled containers with the records; fix and count drift.
+
+        A container is kept when a live record owns it (a ready rollout's container, or the
+        deterministic name of one being provisioned) or it waits in a warm pool; anything
+        else older than the grace period is an orphan.
+        """
         s = self.settings
         listed_at = time.time()
         containers = self.backend.list({LABEL_INSTANCE: s.instance, LABEL_HOST: s.host_id})
         names = {c.name for c in containers}
+        live = self.store.live_rollouts()
+        owned: dict[str, RolloutRecord] = {}
+        for rec in live:
+            if rec.state == READY and rec.host == s.host_id:
+                owned[rec.container_name] = rec
+            elif rec.state == PROVISIONING:
+                owned[container_name(s.instance, rec.rollout_id)] = rec
+        pooled = {name: env for env in self.registry.pool_targets() for name in self.store.pool_members(env, s.host_id)}
         removed = lost = 0
         for c in containers:
-            rec = self.store.get_rollout(c.rollout_id) if c.rollout_id else None
-            owned = (
-                rec is not None
-                and rec.state in LIVE_STATES
-                and (rec.state == PROVISIONING or rec.container_name == c.name)
-            )
-            if owned and rec is not None:
-                if rec.state == READY and not c.running:
-                    if mark_lost(self.store, rec.rollout_id, "the container stopped"):
-                        metrics.RECONCILER_ACTIONS.labels("record_lost").inc()
-                        lost += 1
+            owner = owned.get(c.name)
+            if owner is not None:
+                if owner.state == READY and not c.running:
+                    lost += self._gone(owner.rollout_id, "the container stopped")
                     self.backend.destroy(c.name)
                 continue
-            if rec is None and listed_at - c.created_at < ORPHAN_GRACE_S:
+            if c.name in pooled:
+                if not c.running and self.store.pool_remove(pooled[c.name], s.host_id, c.name):
+                    self.backend.destroy(c.name)
                 continue
-            log.info("removing orphan container %s (rollout %s)", c.name, c.rollout_id)
+            if listed_at - c.created_at < s.lifecycle.orphan_grace_s:
+                continue  # being created right now (a pool refill or a provisioning task)
+            log.info("removing orphan container %s", c.name)
             self.backend.destroy(c.name)
             metrics.RECONCILER_ACTIONS.labels("orphan_removed").inc()
             removed += 1
-        for rec in self.store.live_rollouts():
+        for rec in live:
             # Only records that were ready before the listing: a newer one is not in it yet.
             if (
                 rec.state == READY
                 and rec.host == s.host_id
                 and rec.ready_at < listed_at
                 and rec.container_name not in names
-                and mark_lost(self.store, rec.rollout_id, "the container vanished")
             ):
-                metrics.RECONCILER_ACTIONS.labels("record_lost").inc()
-                lost += 1
+                lost += self._gone(rec.rollout_id, "the container vanished")
         self._remove_stale_socket_dirs(names)
         return {"orphans_removed": removed, "records_lost": lost}
+
+    def _gone(self, rid: str, message: str) -> int:
+        """A ready rollout's container is gone: lost if it served the agent, else provisionable again."""
+        if self.store.fail_unserved(rid, message):
+            return 0
+        if mark_lost(self.store, rid, message):
+            metrics.RECONCILER_ACTIONS.labels("record_lost").inc()
+            return 1
+        return 0
 
     def _remove_stale_socket_dirs(self, names: set[str]) -> None:
         prefix = f"sbx-{self.settings.instance}-"
@@ -103,7 +119,7 @@ class Reconciler:
         for entry in run_dir.iterdir():
             if entry.name.startswith(prefix) and entry.name not in names:
                 age = time.time() - entry.stat().st_mtime
-                if age > ORPHAN_GRACE_S:
+                if age > self.settings.lifecycle.orphan_grace_s:
                     for child in entry.iterdir():
                         child.unlink(missing_ok=True)
                     entry.rmdir()

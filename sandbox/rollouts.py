@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ class RolloutService:
         self.dispatcher = dispatcher
         self.settings = settings
         self.registry = registry
+        self._hosts: list[str] = []
+        self._hosts_at = -1e9
 
     def pre_provision(self, entries: list[tuple[str, dict[str, Any] | None]]) -> list[dict[str, Any]]:
         """Queue containers for a burst of rollouts without waiting for them.
@@ -87,10 +90,36 @@ class RolloutService:
             won, state, attempt = self.store.claim_provisioning(
                 rid, env_name, item, self.settings.timeouts.provision_stale_s
             )
-            if won:
-                self.dispatcher.provision(rid, attempt)
+            if won and self._provision(rid, env_name, attempt) == "warm":
+                state = "ready"
             out.append({"rollout_id": rid, "state": state, "queued": won})
         return out
+
+    def _provision(self, rid: str, env_name: str, attempt: int) -> str:
+        """Give a claimed rollout a container: a warm one at once if a pool has one, else queue a cold start.
+
+        The warm claim is a single atomic Redis script, so it needs no worker round trip:
+        a burst of first calls on a full pool is answered at the speed of Redis.
+        """
+        hosts = self._healthy_hosts()
+        random.shuffle(hosts)  # spread claims (and the refills they trigger) over the hosts
+        claimed = self.store.pool_claim(env_name, hosts, rid) if hosts else None
+        if claimed is not None:
+            host, name = claimed
+            if self.store.mark_ready(rid, attempt, host, name, name):
+                metrics.PROVISIONS.labels("warm", "ok").inc()
+                self.dispatcher.refill(host)
+                return "warm"
+            self.dispatcher.destroy(host, rid, name)  # the attempt was superseded meanwhile
+        self.dispatcher.provision(rid, attempt)
+        return "cold"
+
+    def _healthy_hosts(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._hosts_at > 2.0:  # a burst of first calls shares one look-up
+            self._hosts = [h for h, info in self.store.hosts().items() if info.get("engine_healthy") == "1"]
+            self._hosts_at = now
+        return list(self._hosts)
 
     def ensure_ready(self, rid: str, item: dict[str, Any] | None) -> RolloutRecord:
         """Return the rollout's record once its container is ready, provisioning it if needed.
@@ -119,12 +148,13 @@ class RolloutService:
                 and time.time() - rec.provision_claimed_at > self.settings.timeouts.provision_stale_s
             )
             if state in (None, PENDING, FAILED) or stale:
+                env_name = rec.environment if rec is not None and rec.environment else environment_of(item)
                 won, _, attempt = self.store.claim_provisioning(
-                    rid, environment_of(item), item, self.settings.timeouts.provision_stale_s
+                    rid, env_name, item, self.settings.timeouts.provision_stale_s
                 )
                 waited_on = attempt
                 if won:
-                    self.dispatcher.provision(rid, attempt)
+                    self._provision(rid, env_name, attempt)
                 continue
             if waited_on is None and rec is not None:
                 waited_on = rec.provision_attempt
@@ -185,7 +215,7 @@ class Provisioner:
         name = container_name(self.settings.instance, rid)
         started = time.monotonic()
         try:
-            env = self.registry.get(rec.environment)
+            env = self.registry.get(rec.environment or DEFAULT_ENVIRONMENT)
             image = self.preparer.image_for(env)  # once per host and definition; outside the semaphore
             with self.semaphore:
                 container_id = self.backend.create(self._spec(name, rec, env, image))

@@ -58,6 +58,7 @@ class RolloutRecord:
     provision_error_reason: str = ""
     tainted: bool = False
     taint_reason: str = ""
+    served: bool = False  # a call ran in the sandbox and the agent saw its result
     calls: dict[str, int] | None = None
 
     @classmethod
@@ -71,7 +72,7 @@ class RolloutRecord:
             host=h.get("host", ""),
             container_id=h.get("container_id", ""),
             container_name=h.get("container_name", ""),
-            environment=h.get("environment", "default"),
+            environment=h.get("environment", ""),  # "" until the first call names it
             item=json.loads(h["item"]) if h.get("item") else None,
             created_at=f("created_at"),
             ready_at=f("ready_at"),
@@ -83,6 +84,7 @@ class RolloutRecord:
             provision_error=h.get("provision_error", ""),
             provision_error_reason=h.get("provision_error_reason", ""),
             tainted=h.get("tainted") == "1",
+            served=h.get("served") == "1",
             taint_reason=h.get("taint_reason", ""),
             calls={o.value: int(h.get(f"calls_{o.value}") or 0) for o in Outcome},
         )
@@ -111,7 +113,7 @@ class RolloutRecord:
 
 # Create the record if missing (state pending), never touching an existing one.
 _ENSURE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('HEXISTS', KEYS[1], 'state') == 0 then
   redis.call('HSET', KEYS[1], 'state', 'pending', 'created_at', ARGV[1], 'last_used_at', ARGV[1],
              'environment', ARGV[2], 'item', ARGV[3])
   return 1
@@ -194,10 +196,35 @@ return 1
 """
 
 
+# ready -> failed for a rollout whose sandbox died before serving any call: nothing the agent
+# saw is lost, so the platform's retry may provision again.
+_UNSERVE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'ready' then return 0 end
+if redis.call('HGET', KEYS[1], 'served') == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'provision_error', ARGV[1], 'provision_error_reason', 'provision_failed',
+           'ready_at', '', 'container_name', '', 'container_id', '', 'host', '')
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+
 _TAINT = """
 if redis.call('HGET', KEYS[1], 'tainted') == '1' then return 0 end
 redis.call('HSET', KEYS[1], 'tainted', '1', 'taint_reason', ARGV[1])
 return 1
+"""
+
+
+# Claim a warm container: pop from the first host pool that has one and record its owner,
+# atomically, so two rollouts can never get the same container. Returns {host, name} or nil.
+_POOL_CLAIM = """
+for i, key in ipairs(KEYS) do
+  local name = redis.call('LPOP', key)
+  if name then
+    redis.call('SET', ARGV[1] .. name, ARGV[2], 'EX', tonumber(ARGV[3]))
+    return {ARGV[3 + i], name}
+  end
+end
+return nil
 """
 
 
@@ -225,6 +252,8 @@ class Store:
         self._end = client.register_script(_END)
         self._budget = client.register_script(_BUDGET)
         self._taint = client.register_script(_TAINT)
+        self._pool_claim = client.register_script(_POOL_CLAIM)
+        self._unserve = client.register_script(_UNSERVE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, retention_s: float, max_connections: int = 1024) -> Store:
@@ -322,6 +351,11 @@ class Store:
                 or ""
             )
 
+    def fail_unserved(self, rid: str, message: str) -> bool:
+        """A sandbox lost before it served anything: make the rollout provisionable again."""
+        with translate_errors():
+            return bool(self._unserve(keys=[self.k_rollout(rid), self.k_live], args=[message[:2000], rid]))
+
     def taint(self, rid: str, reason: str) -> bool:
         """Mark the rollout infra-tainted; True only the first time (so it is counted once)."""
         with translate_errors():
@@ -345,7 +379,9 @@ class Store:
             hashes = pipe.execute()
         return [RolloutRecord.from_hash(rid, h) for rid, h in zip(rids, hashes, strict=True) if h]
 
-    def state_snapshot(self, queue_names: list[str], broker: Any = None) -> dict[str, Any]:
+    def state_snapshot(
+        self, queue_names: list[str], broker: Any = None, pool_targets: dict[str, int] | None = None
+    ) -> dict[str, Any]:
         """What the scrape-time gauges show (metrics.StateCollector), read in a few round trips."""
         live: dict[tuple[str, str], int] = {}
         backlog = 0
@@ -365,15 +401,47 @@ class Store:
             lengths = pipe.execute()
         per_queue = len(_celery_queue_keys("x"))
         queues = {name: sum(lengths[i * per_queue : (i + 1) * per_queue]) for i, name in enumerate(queue_names)}
-        return {"live": live, "backlog": backlog, "queues": queues, "hosts": hosts, "pools": self.pool_sizes(hosts)}
+        pools = self.pool_sizes(hosts, pool_targets or {})
+        return {"live": live, "backlog": backlog, "queues": queues, "hosts": hosts, "pools": pools}
 
-    def pool_sizes(self, hosts: dict[str, bool]) -> dict[tuple[str, str], tuple[int, int]]:
-        """(available, target) warm containers per (environment, host).
+    def pool_sizes(self, hosts: dict[str, bool], targets: dict[str, int]) -> dict[tuple[str, str], tuple[int, int]]:
+        """(available, target) warm containers per (environment, host)."""
+        pairs = [(env, host) for env in targets for host in hosts]
+        with translate_errors():
+            pipe = self.r.pipeline(transaction=False)
+            for env, host in pairs:
+                pipe.llen(self.k_pool(env, host))
+            lengths = pipe.execute()
+        return {pair: (n, targets[pair[0]]) for pair, n in zip(pairs, lengths, strict=True)}
 
-        No warm pools exist yet, so every host reports an empty pool with no target for
-        the default environment: true zeros rather than missing series.
-        """
-        return {("default", host): (0, 0) for host in hosts}
+    # --- warm pools ---
+    def k_pool(self, env: str, host: str) -> str:
+        return f"{self.p}:pool:{env}:{host}"
+
+    def pool_push(self, env: str, host: str, name: str) -> None:
+        with translate_errors():
+            self.r.rpush(self.k_pool(env, host), name)
+
+    def pool_members(self, env: str, host: str) -> list[str]:
+        with translate_errors():
+            return list(self.r.lrange(self.k_pool(env, host), 0, -1))
+
+    def pool_remove(self, env: str, host: str, name: str) -> bool:
+        with translate_errors():
+            return bool(self.r.lrem(self.k_pool(env, host), 0, name))
+
+    def pool_claim(self, env: str, hosts: list[str], rid: str) -> tuple[str, str] | None:
+        """Take one warm container of `env` from the first of `hosts` that has one: (host, name)."""
+        if not hosts:
+            return None
+        keys = [self.k_pool(env, h) for h in hosts]
+        with translate_errors():
+            got = self._pool_claim(keys=keys, args=[f"{self.p}:owner:", rid, self.retention_s, *hosts])
+        return (str(got[0]), str(got[1])) if got else None
+
+    def owner_of(self, name: str) -> str | None:
+        with translate_errors():
+            return self.r.get(f"{self.p}:owner:{name}")
 
     # --- calls ---
     def stored_result(self, rid: str, call_id: str) -> CallResult | None:
@@ -408,7 +476,7 @@ class Store:
         with translate_errors():
             self.r.hdel(self.k_inflight(rid), call_id)
 
-    def record_call(self, rid: str, result: CallResult) -> None:
+    def record_call(self, rid: str, result: CallResult, served: bool = False) -> None:
         """Append to the trajectory, keep the result for retries, count it; one transaction.
 
         Infra errors go into the trajectory (the grader must see them) but are not kept for
@@ -420,6 +488,8 @@ class Store:
             pipe.rpush(self.k_calls(rid), data)
             if result.outcome != Outcome.INFRA_ERROR:
                 pipe.hset(self.k_results(rid), result.call_id, data)
+            if served:  # the agent has now seen results from this sandbox
+                pipe.hset(self.k_rollout(rid), "served", "1")
             pipe.hdel(self.k_inflight(rid), result.call_id)
             pipe.hincrby(self.k_rollout(rid), f"calls_{result.outcome}", 1)
             pipe.hset(self.k_rollout(rid), "last_used_at", result.finished_at)

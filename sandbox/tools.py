@@ -68,7 +68,7 @@ class ToolService:
             return stored
         rec = self.store.get_rollout(call.rollout_id)
         # The environment is fixed by the rollout's first call; unknown names are a 404.
-        env = self.registry.get(rec.environment if rec else environment_of(call.item))
+        env = self.registry.get(rec.environment if rec and rec.environment else environment_of(call.item))
         args_or_problem = self._validate(call, env)
         if isinstance(args_or_problem, str):
             return self._model_error_without_running(call, ModelReason.INVALID_ARGUMENTS, args_or_problem, env)
@@ -166,8 +166,9 @@ class ToolService:
         return result
 
     def _had_sandbox(self, rid: str) -> bool:
+        """Whether the agent has seen results from this rollout's sandbox (then a failure taints it)."""
         rec = self.store.get_rollout(rid)
-        return rec is not None and bool(rec.ready_at)
+        return rec is not None and rec.served
 
     def _record_infra(self, call: ToolCall, exc: InfraError, *, had_sandbox: bool) -> None:
         """Put the failure in the trajectory and, if the agent had a sandbox, taint the rollout.

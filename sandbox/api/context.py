@@ -37,7 +37,7 @@ class ApiContext:
         s = self.settings
         hosts = self.store.hosts()
         queues = [s.provision_queue, s.maintenance_queue] + [host_queue_name(s.instance, h) for h in hosts]
-        return self.store.state_snapshot(queues, broker=self.broker)
+        return self.store.state_snapshot(queues, broker=self.broker, pool_targets=self.registry.pool_targets())
 
     @classmethod
     def build(cls, settings: Settings, threads: int = 1024) -> ApiContext:
@@ -47,7 +47,7 @@ class ApiContext:
             settings.redis_url, settings.key_prefix, settings.lifecycle.retention_s, max_connections=threads + 64
         )
         celery = create_celery(settings)
-        dispatcher = CeleryDispatcher(celery, settings)
+        dispatcher = CeleryDispatcher(celery, settings, store)
         registry = EnvironmentRegistry(store, settings)
         rollouts = RolloutService(store, dispatcher, settings, registry)
         tools = ToolService(store, dispatcher, rollouts, settings, registry)

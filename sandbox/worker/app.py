@@ -35,6 +35,11 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": settings.lifecycle.reaper_interval_s,
                 "options": {"queue": settings.maintenance_queue, "expires": settings.lifecycle.reaper_interval_s},
             },
+            "refill": {
+                "task": "sandbox.refill_all",
+                "schedule": 5.0,
+                "options": {"queue": settings.maintenance_queue, "expires": 5.0},
+            },
             "reconcile": {
                 "task": "sandbox.reconcile_all",
                 "schedule": settings.lifecycle.reaper_interval_s,

@@ -26,9 +26,10 @@ def _broker_errors() -> Iterator[None]:
 
 
 class CeleryDispatcher:
-    def __init__(self, app: Celery, settings: Settings) -> None:
+    def __init__(self, app: Celery, settings: Settings, store: Any = None) -> None:
         self.app = app
         self.settings = settings
+        self.store = store
 
     def provision(self, rollout_id: str, attempt: int) -> None:
         with _broker_errors():
@@ -57,6 +58,22 @@ class CeleryDispatcher:
                 queue=host_queue_name(self.settings.instance, host),
                 retry_policy=RETRY_POLICY,
             )
+
+    def refill(self, host: str) -> None:
+        # A burst claims hundreds of warm containers; one refill task per host per second is enough.
+        if not self.coalesce(f"refill:{host}", 1):
+            return
+        with _broker_errors():
+            self.app.send_task(
+                "sandbox.refill", queue=host_queue_name(self.settings.instance, host), expires=60,
+                retry_policy=RETRY_POLICY,
+            )  # fmt: skip
+
+    def coalesce(self, key: str, seconds: int) -> bool:
+        """True for the first ask in a window; needs the store (set by the API), else always True."""
+        if self.store is None:
+            return True
+        return bool(self.store.r.set(f"{self.store.p}:coalesce:{key}", "1", nx=True, ex=seconds))
 
     def reconcile(self, host: str) -> None:
         self.app.send_task("sandbox.reconcile", queue=host_queue_name(self.settings.instance, host), expires=60)

@@ -15,6 +15,7 @@ from ..environments import EnvironmentRegistry
 from ..errors import InfraError
 from ..execution import Executor
 from ..lifecycle import Reaper, Reconciler
+from ..pools import Refiller
 from ..preparation import Preparer
 from ..rollouts import Provisioner
 from ..store import Store
@@ -54,17 +55,28 @@ class WorkerRuntime:
     def dispatcher(self) -> CeleryDispatcher:
         from .app import celery_app
 
-        return CeleryDispatcher(celery_app, self.settings)
+        return CeleryDispatcher(celery_app, self.settings, self.store)
 
     @cached_property
     def registry(self) -> EnvironmentRegistry:
         return EnvironmentRegistry(self.store, self.settings)
 
     @cached_property
+    def creation_slots(self) -> threading.BoundedSemaphore:
+        """Container creations at once on this host: cold starts and pool refills share them."""
+        return threading.BoundedSemaphore(self.settings.provision_concurrency)
+
+    @cached_property
+    def preparer(self) -> Preparer:
+        return Preparer(self.registry, self.backend, self.settings)
+
+    @cached_property
     def provisioner(self) -> Provisioner:
-        semaphore = threading.BoundedSemaphore(self.settings.provision_concurrency)
-        preparer = Preparer(self.registry, self.backend, self.settings)
-        return Provisioner(self.store, self.backend, self.settings, semaphore, self.registry, preparer)
+        return Provisioner(self.store, self.backend, self.settings, self.creation_slots, self.registry, self.preparer)
+
+    @cached_property
+    def refiller(self) -> Refiller:
+        return Refiller(self.store, self.backend, self.settings, self.registry, self.preparer, self.creation_slots)
 
     @cached_property
     def executor(self) -> Executor:
@@ -76,7 +88,7 @@ class WorkerRuntime:
 
     @cached_property
     def reconciler(self) -> Reconciler:
-        return Reconciler(self.store, self.backend, self.settings)
+        return Reconciler(self.store, self.backend, self.settings, self.registry)
 
     def start_heartbeat(self) -> None:
         """Register this host in Redis and keep it fresh; placement and /readyz read it."""

@@ -61,6 +61,21 @@ def reconcile_all() -> int:
     return len(hosts)
 
 
+@celery_app.task(name="sandbox.refill")
+def refill() -> dict[str, int]:
+    return runtime().refiller.refill()
+
+
+@celery_app.task(name="sandbox.refill_all")
+def refill_all() -> int:
+    """Ask every registered host to top up its warm pools."""
+    rt = runtime()
+    hosts = rt.store.hosts()
+    for host_id in hosts:
+        rt.dispatcher.refill(host_id)
+    return len(hosts)
+
+
 @celery_app.task(name="sandbox.reconcile")
 def reconcile() -> dict[str, int]:
     return runtime().reconciler.reconcile()
@@ -74,6 +89,7 @@ def _on_worker_ready(**_: Any) -> None:
     if port:
         start_http_server(port, addr="127.0.0.1")
     rt.start_heartbeat()
+    rt.dispatcher.refill(rt.settings.host_id)  # fill the pools now, not at the first beat
     log.info("sandbox host %s serving queue %s", rt.settings.host_id, rt.settings.host_queue)
 
 

@@ -173,6 +173,10 @@ def test_prometheus_tells_infra_from_model_exactly(proof: tuple[Stack, SecondEng
     rollouts = [f"proof-{tag}-{i}" for i in range(6)]
     ok = lambda r: r.status_code == 200 and r.headers["X-Sandbox-Outcome"] == "ok"  # noqa: E731
 
+    # Prometheus must have seen every counter at zero first, or increase() has no baseline.
+    wait_for(lambda: len(prom.query("up == 1")) == 2 and prom.query("sandbox_tool_calls_total"))
+    time.sleep(2)
+
     # Healthy traffic.
     for rid in rollouts:
         assert ok(stack.shell(rid, "echo ready")), rid
@@ -210,14 +214,20 @@ def test_prometheus_tells_infra_from_model_exactly(proof: tuple[Stack, SecondEng
     stack.wait_ready()
     assert ok(stack.shell(rollouts[4], "echo back"))
 
-    # Infra fault 4: the engine stopped -> engine_unavailable for a call on a live rollout.
+    # Infra faults 4 and 5: the engine stopped. A live rollout's call fails as engine_unavailable,
+    # or as sandbox_lost if the reconciler saw its stopped container first (both are infra, and
+    # which one is a race); a new rollout cannot be provisioned: engine_unavailable.
     engine.stop()
     r = stack.shell(rollouts[4], "echo engine down")
+    live_reason = r.json()["error"]["code"]
+    assert r.status_code == 503 and live_reason in ("engine_unavailable", "sandbox_lost")
+    r = stack.shell(f"proof-{tag}-new", "echo engine down")
     assert (r.status_code, r.json()["error"]["code"]) == (503, "engine_unavailable")
     engine.start()
     wait_for(lambda: stack.http.get("/readyz").status_code == 200)
     assert ok(stack.shell(f"proof-{tag}-after", "echo new rollout after the engine came back"))
     infra = {"sandbox_lost": 2, "worker_lost": 1, "engine_unavailable": 1}
+    infra[live_reason] += 1
 
     # Prometheus counts exactly what was injected.
     def counts(outcome: str) -> dict[str, float]:

@@ -64,3 +64,17 @@ def test_recorded_results_replay_but_infra_errors_do_not(store: Store) -> None:
     assert store.stored_result("r", "c2") is None
     assert [c["outcome"] for c in store.trajectory("r")] == ["ok", "infra_error"]
     assert store.claim_call("r", "c2", stale_s=60)  # the claim was released with the record
+
+
+def test_concurrent_pool_claims_never_hand_out_a_container_twice(store: Store) -> None:
+    names = [f"warm-{i}" for i in range(50)]
+    for name in names[:25]:
+        store.pool_push("env", "h1", name)
+    for name in names[25:]:
+        store.pool_push("env", "h2", name)
+    with ThreadPoolExecutor(32) as pool:
+        claims = list(pool.map(lambda i: store.pool_claim("env", ["h1", "h2"], f"r{i}"), range(200)))
+    got = [c for c in claims if c is not None]
+    assert len(got) == 50
+    assert sorted(name for _, name in got) == sorted(names)  # each exactly once
+    assert store.owner_of("warm-0") is not None

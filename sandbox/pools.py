@@ -1,0 +1,117 @@
+"""Warm pools: containers started ahead of demand, per environment per host.
+
+A burst of first calls then claims containers that already answer (an atomic pop in
+Redis, see Store.pool_claim), instead of waiting behind the engine's few creations per
+second. A claimed container belongs to its rollout for good; it never returns to a pool.
+Refills run on the host's own queue, in the background, through the same bounded
+creation slots as cold starts, so the engine is never asked for more than it sustains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .backends.base import LABEL_ENVIRONMENT, LABEL_HOST, LABEL_INSTANCE, LABEL_ROLE, Backend, SandboxSpec
+from .config import Settings
+from .environments import Environment, EnvironmentRegistry
+from .errors import InfraError
+from .preparation import Preparer
+from .store import Store, translate_errors
+
+log = logging.getLogger(__name__)
+ROLE_POOL = "pool"
+READY_TIMEOUT_S = 60.0
+
+
+def pool_container_prefix(instance: str) -> str:
+    return f"sbx-{instance}-pool-"
+
+
+@dataclass
+class Refiller:
+    store: Store
+    backend: Backend
+    settings: Settings
+    registry: EnvironmentRegistry
+    preparer: Preparer
+    semaphore: threading.BoundedSemaphore
+
+    def refill(self) -> dict[str, int]:
+        """Top up (or trim) this host's pool of every environment; return containers created per environment."""
+        s = self.settings
+        listing = self.backend.list({LABEL_INSTANCE: s.instance, LABEL_HOST: s.host_id, LABEL_ROLE: ROLE_POOL})
+        running = {c.name for c in listing if c.running}
+        created: dict[str, int] = {}
+        for env_name, target in self.registry.pool_targets().items():
+            lock = f"{self.store.p}:refilling:{s.host_id}:{env_name}"
+            with translate_errors():
+                if not self.store.r.set(lock, "1", nx=True, ex=900):
+                    continue  # another refill of this pool is under way
+            try:
+                created[env_name] = self._refill_one(env_name, target, running)
+            finally:
+                with translate_errors():
+                    self.store.r.delete(lock)
+        return created
+
+    def _refill_one(self, env_name: str, target: int, running: set[str]) -> int:
+        host = self.settings.host_id
+        alive = []
+        for name in self.store.pool_members(env_name, host):
+            if name in running:
+                alive.append(name)
+            elif self.store.pool_remove(env_name, host, name):  # died while waiting: never hand it out
+                self._destroy(name)
+        for name in alive[target:]:  # the pool shrank
+            if self.store.pool_remove(env_name, host, name):
+                self._destroy(name)
+        missing = target - min(len(alive), target)
+        if missing <= 0:
+            return 0
+        env = self.registry.get(env_name)
+        image = self.preparer.image_for(env)
+        with ThreadPoolExecutor(max_workers=self.settings.provision_concurrency) as workers:
+            made = sum(workers.map(lambda _: self._create_one(env, image), range(missing)))
+        log.info("warm pool %s on %s: +%d (target %d)", env_name, host, made, target)
+        return made
+
+    def _create_one(self, env: Environment, image: str) -> bool:
+        s = self.settings
+        name = f"{pool_container_prefix(s.instance)}{uuid.uuid4().hex[:16]}"
+        limits = env.spec.limits
+        spec = SandboxSpec(
+            name=name,
+            image=image,
+            labels={
+                LABEL_INSTANCE: s.instance,
+                LABEL_HOST: s.host_id,
+                LABEL_ENVIRONMENT: env.name,
+                LABEL_ROLE: ROLE_POOL,
+                "sandbox.user": s.sandbox_user,
+                **s.extra_labels,
+            },
+            memory_bytes=limits.memory_bytes or s.limits.memory_bytes,
+            cpus=limits.cpus or s.limits.cpus,
+            pids=limits.pids or s.limits.pids,
+            workdir=env.spec.workdir if env.spec.workspace or env.spec.image else s.workdir,
+            user=s.sandbox_user,
+        )
+        try:
+            with self.semaphore:
+                self.backend.create(spec)
+                self.backend.wait_ready(name, READY_TIMEOUT_S)
+        except InfraError as exc:
+            log.warning("warm container for %s failed: %s", env.name, exc.message)
+            self._destroy(name)
+            return False
+        self.store.pool_push(env.name, s.host_id, name)
+        return True
+
+    def _destroy(self, name: str) -> None:
+        with contextlib.suppress(InfraError):  # else the reconciler removes it later
+            self.backend.destroy(name)
