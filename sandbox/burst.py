@@ -56,7 +56,7 @@ EXEC_CONTAINERS = 32
 EXEC_SECONDS = 10.0
 SINGLE_CALLS = 300
 WARM_ENV = "bench-warm"
-DRAIN_TIMEOUT_S = 300.0
+SETTLE_TIMEOUT_S = 300.0
 HTTP_TIMEOUT_S = 900.0  # longer than any server-side deadline: we record the service's answer
 
 
@@ -334,6 +334,7 @@ class Session:
     url: str
     headers: dict[str, str]
     progress: Progress
+    engine: docker.DockerClient
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     live: set[str] = field(default_factory=set)  # rollouts this run holds a container for
 
@@ -457,28 +458,28 @@ async def _release(s: Session, client: httpx.AsyncClient, rids: list[str]) -> di
     return {"seconds": round(time.perf_counter() - t, 2), "errors": dict(failed)}
 
 
-async def _wait_pool(
-    s: Session, client: httpx.AsyncClient, done: Callable[[int], bool], timeout: float, phase: str, total: int
-) -> dict[str, Any]:
-    s.progress.begin(phase, total)
+async def _pool_available(client: httpx.AsyncClient) -> tuple[int | None, str]:
+    """Containers the warm pool of WARM_ENV holds on all hosts, or None and what the service answered."""
+    r = await client.get(f"/v1/environments/{WARM_ENV}")
+    pool = r.json().get("pool") if r.status_code == 200 else None
+    if not isinstance(pool, dict):
+        return None, f"GET /v1/environments/{WARM_ENV} answered {r.status_code} without a 'pool': {r.text[:300]}"
+    return sum(int(v.get("available", 0)) for v in pool.values()), ""
+
+
+async def _fill_pool(s: Session, client: httpx.AsyncClient, n: int, timeout: float) -> dict[str, Any]:
+    s.progress.begin(f"warm pool filling to {n}", n)
     t = time.monotonic()
     try:
         while True:
-            r = await client.get(f"/v1/environments/{WARM_ENV}")
-            pool = r.json().get("pool") if r.status_code == 200 else None
-            if not isinstance(pool, dict):
-                return {
-                    "error": f"GET /v1/environments/{WARM_ENV} answered {r.status_code} without a 'pool' "
-                    f"field: {r.text[:300]}"
-                }
-            s.progress.done = available = sum(int(v.get("available", 0)) for v in pool.values())
-            if done(available):
+            available, error = await _pool_available(client)
+            if available is None:
+                return {"error": error}
+            s.progress.done = available
+            if available >= n:
                 return {"seconds": round(time.monotonic() - t, 1), "available": available}
             if time.monotonic() - t > timeout:
-                return {
-                    "error": f"the warm pool of {WARM_ENV} held {available} of {total} containers after "
-                    f"{timeout:.0f} s; gave up"
-                }
+                return {"error": f"the warm pool held {available} of {n} containers after {timeout:.0f} s; gave up"}
             await asyncio.sleep(1.0)
     finally:
         s.progress.end()
@@ -496,23 +497,20 @@ async def warm_scenario(s: Session, args: argparse.Namespace) -> dict[str, Any]:
         result: dict[str, Any] = {"environment": WARM_ENV}
         rids: list[str] = []
         try:
-            fill = await _wait_pool(s, client, lambda a: a >= n, args.pool_timeout, f"warm pool filling to {n}", n)
-            result["pool_fill"] = fill
+            result["pool_fill"] = fill = await _fill_pool(s, client, n, args.pool_timeout)
             if "error" in fill:
                 result["error"] = fill["error"]
                 return result
             rids = s.rollout_ids("warm", n)
             result.update(await _timed_burst(s, "warm", rids, args.calls, {"environment": WARM_ENV}))
-            after = (await client.get(path)).json().get("pool", {})  # how far the refill got during the burst
-            result["pool_available_after_burst"] = sum(int(v.get("available", 0)) for v in after.values())
+            result["pool_available_after_burst"] = (await _pool_available(client))[0]  # refilled meanwhile
         finally:
             reset = await client.put(path, json={"warm_pool_size": 0})
             result["pool_reset_status"] = reset.status_code
             if rids:
                 result["release"] = await _release(s, client, rids)
-            result["pool_drain"] = await _wait_pool(
-                s, client, lambda a: a == 0, DRAIN_TIMEOUT_S, "warm pool draining", 0
-            )
+            result["settle"] = await asyncio.to_thread(_settle, s)
+            result["pool_available_after_settle"] = (await _pool_available(client))[0]  # 0 unless entries are stale
         return result
 
 
@@ -523,7 +521,7 @@ async def cold_scenario(s: Session, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         async with s.client(64) as client:
             release = await _release(s, client, rids)
-    return {**result, "release": release}
+    return {**result, "release": release, "settle": await asyncio.to_thread(_settle, s)}
 
 
 async def _sustained(s: Session, args: argparse.Namespace, rids: list[str]) -> dict[str, Any]:
@@ -605,7 +603,7 @@ def sustained_and_single(s: Session, args: argparse.Namespace) -> tuple[dict[str
                 await _release(s, client, rids)
 
         asyncio.run(release())
-    return sustained, single
+    return {**sustained, "settle": _settle(s)}, single
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -630,7 +628,7 @@ def machine(engine: docker.DockerClient) -> dict[str, Any]:
     }
 
 
-def _settle(engine: docker.DockerClient, s: Session, timeout: float = 300.0) -> dict[str, Any]:
+def _settle(s: Session) -> dict[str, Any]:
     """Wait until the service has removed the containers of this run's released rollouts and of
     the bench-warm pool (it removes them in the background), so the next phase does not compete."""
     prefix, t = f"bench-{s.tag}-", time.monotonic()
@@ -639,13 +637,13 @@ def _settle(engine: docker.DockerClient, s: Session, timeout: float = 300.0) -> 
         while True:
             left = [
                 c
-                for c in engine.api.containers(all=True, filters={"label": "sandbox.rollout_id"})
+                for c in s.engine.api.containers(all=True, filters={"label": "sandbox.rollout_id"})
                 if (c.get("Labels") or {}).get("sandbox.rollout_id", "").startswith(prefix)
             ]
             pool = ["sandbox.role=pool", f"sandbox.environment={WARM_ENV}"]
-            left += engine.api.containers(all=True, filters={"label": pool})
+            left += s.engine.api.containers(all=True, filters={"label": pool})
             s.progress.done = len(left)
-            if not left or time.monotonic() - t > timeout:
+            if not left or time.monotonic() - t > SETTLE_TIMEOUT_S:
                 return {"seconds": round(time.monotonic() - t, 1), "containers_left": len(left)}
             time.sleep(1.0)
     finally:
@@ -686,7 +684,7 @@ def run(args: argparse.Namespace, token: str) -> dict[str, Any]:
             k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("func", "token")
         },
     }
-    s = Session(args.url, headers, Progress())
+    s = Session(args.url, headers, Progress(), engine)
     labels = {"bench": "1", "bench.run": s.tag}
     sampler = MemorySampler(args.run_dir, lambda: len(s.live))
     started = time.monotonic()
@@ -695,13 +693,10 @@ def run(args: argparse.Namespace, token: str) -> dict[str, Any]:
             result["baselines"] = _guard("baselines", lambda: baselines(engine, args, labels, s.progress))
         if "warm" in args.scenarios:
             result["warm"] = _guard("warm", lambda: asyncio.run(warm_scenario(s, args)))
-            result["warm"]["settle"] = _settle(engine, s)
         if "cold" in args.scenarios:
             result["cold"] = _guard("cold", lambda: asyncio.run(cold_scenario(s, args)))
-            result["cold"]["settle"] = _settle(engine, s)
         pair = _guard("sustained", lambda: sustained_and_single(s, args))
         result["sustained"], result["single_call"] = pair if isinstance(pair, tuple) else (pair, pair)
-        result["sustained"]["settle"] = _settle(engine, s)
     finally:
         leftovers = engine.containers.list(all=True, filters={"label": f"bench.run={s.tag}"})
         for c in leftovers:
