@@ -345,9 +345,13 @@ def burst_targets(r: dict[str, Any]) -> list[dict[str, str]]:
 def burst_tables(r: dict[str, Any]) -> list[Table]:
     run, ex = r.get("baselines", {}).get("docker_run", {}), r.get("baselines", {}).get("docker_exec", {})
     skipped = r.get("baselines", {}).get("error", "not measured (--skip-baselines)")
-    raw_run = f"docker run -d x{run['created']}, {run['best_concurrency']} at a time: {run['total_s']} s"
-    raw_exec = f"docker exec, {ex.get('parallel')} at a time: {ex.get('execs_per_s')}/s, p50 "
-    raw_exec += f"{ex.get('latency_ms', {}).get('p50')} ms"
+    raw_run, raw_exec = skipped, skipped
+    if "total_s" in run:
+        raw_run = f"docker run -d x{run['created']}, {run['best_concurrency']} at a time: {run['total_s']} s"
+    if "execs_per_s" in ex:
+        raw_exec = (
+            f"docker exec, {ex['parallel']} at a time: {ex['execs_per_s']}/s, p50 {ex['latency_ms'].get('p50')} ms"
+        )
     results, bursts, outcomes = [], [], []
     for name in ("warm", "cold"):
         if (b := r.get(name)) is None:
@@ -357,12 +361,12 @@ def burst_tables(r: dict[str, Any]) -> list[Table]:
             continue
         ratio = f"{b['all_provisioned_s'] / run['total_s']:.2f}x" if "total_s" in run else "-"
         ours = f"{b['all_provisioned_s']} s"
-        results.append([f"{name} burst: all {b['rollouts']} provisioned", ours, raw_run if run else skipped, ratio])
+        results.append([f"{name} burst: all {b['rollouts']} provisioned", ours, raw_run, ratio])
         t = b["ttfo_s"]
         bursts.append(
             [name, f"{b['rollouts']} x {b['calls_per_rollout']}", _f(b["calls_answered"]), _f(b["errors"])]
             + [_f(t.get(q)) for q in ("p50", "p95", "p99", "max")]
-            + [_f(b[k]) for k in ("all_provisioned_s", "makespan_s", "calls_per_s", "machine_cpu_busy_pct")]
+            + [_f(b[k]) for k in ("all_provisioned_s", "makespan_s", "calls_per_s")]
         )
         outcomes += [[name, key, str(n)] for key, n in b["outcomes"].items()]
     loads = []
@@ -374,26 +378,37 @@ def burst_tables(r: dict[str, Any]) -> list[Table]:
         loads.append([name, _f(lat.get("n")), _f(errors), _f(b.get("calls_per_s"))])
         loads[-1] += [_f(lat.get(q)) for q in ("p50", "p95", "p99", "max")]
     if "calls_per_s" in (sus := r.get("sustained") or {}):
-        ratio = f"{sus['calls_per_s'] / ex['execs_per_s']:.1f}x" if ex else "-"
+        ratio = f"{sus['calls_per_s'] / ex['execs_per_s']:.1f}x" if ex.get("execs_per_s") else "-"
         ours = f"{sus['calls_per_s']} calls/s, p50 {sus['latency_ms'].get('p50')} ms"
-        results.append([f"sustained echo, {sus['rollouts']} clients", ours, raw_exec if ex else skipped, ratio])
+        results.append([f"sustained echo, {sus['rollouts']} clients", ours, raw_exec, ratio])
     if "latency_ms" in (single := r.get("single_call") or {}):
         results.append(["single call echo, one at a time", f"p50 {single['latency_ms'].get('p50')} ms", "-", "-"])
     probes = run.get("probe_containers_per_s", {})
     engine = [[f"docker run, {c} at a time (probe)", f"{v} containers/s"] for c, v in probes.items()]
     if "total_s" in run:
         engine.append([f"docker run of {run['containers']}", f"{run['total_s']} s, {run['containers_per_s']}/s"])
-        engine.append([f"errors of docker run of {run['containers']}", f"{run['errors']} {run['first_error']}"])
+        engine.append([f"errors of docker run of {run['containers']}", f"{run['errors']} {run['first_error']}".strip()])
         engine.append([f"removal of {run['created']}, in parallel", f"{run.get('remove_s')} s"])
-    if ex:
+    if "execs_per_s" in ex:
         lat = ex["latency_ms"]
         engine.append([f"docker exec for {ex['seconds']} s", f"{ex['execs_per_s']}/s, {ex['errors'] or 'no'} errors"])
         engine.append(["docker exec latency, ms", f"p50 {lat.get('p50')}, p95 {lat.get('p95')}, p99 {lat.get('p99')}"])
+    cpu = []
+    phases = [("warm burst", "warm", "makespan_s"), ("cold burst", "cold", "makespan_s")]
+    for name, key, secs in phases + [("sustained", "sustained", "seconds"), ("single call", "single_call", "seconds")]:
+        if "service_cpu_s" in (b := r.get(key) or {}):
+            keys = ("machine_cpu_busy_pct", "service_cpu_s", "bench_client_cpu_s")
+            cpu.append([name, _f(b.get(secs))] + [_f(b[k]) for k in keys])
     mem = r.get("memory", {})
-    keys = ("peak_rss_mib", "peak_by_process_mib", "processes_at_peak", "most_live_rollouts", "rss_at_most_live_mib")
-    memory = [[k, _f(mem.get(k))] for k in keys] if "peak_rss_mib" in mem else [["error", _f(mem.get("error"))]]
+    memory = [["memory", _f(mem.get("error"))]]
+    if "peak_rss_mib" in mem:
+        parts = ", ".join(f"{k} {v}" for k, v in mem["peak_by_process_mib"].items())
+        memory = [
+            ["peak of the sum", f"{mem['peak_rss_mib']} MiB ({parts}; {mem['processes_at_peak']} processes)"],
+            [f"at the most live rollouts ({mem['most_live_rollouts']})", f"{mem['rss_at_most_live_mib']} MiB"],
+        ]
     targets = [[t["target"], t["measured"], f"**{t['result']}**"] for t in r["targets"]]
-    times = ["TTFO p50", "p95", "p99", "max", "all provisioned", "makespan", "calls/s", "machine CPU %"]
+    times = ["TTFO p50", "p95", "p99", "max", "all provisioned", "makespan", "calls/s"]
     return [
         ("Results beside the raw engine", ["measure", "this service", "raw engine, same run", "ratio"], results),
         ("Bursts (times in s from the burst's start)", ["scenario", "N x K", "answered", "errors", *times], bursts),
@@ -404,7 +419,8 @@ def burst_tables(r: dict[str, Any]) -> list[Table]:
             loads,
         ),
         ("Raw engine baselines", ["measure", "result"], engine),
-        ("Memory: API and worker process trees (MiB)", ["measure", "value"], memory),
+        ("CPU during each phase", ["phase", "seconds", "machine busy %", "API + worker CPU s", "bench CPU s"], cpu),
+        ("Memory: API and worker process trees (VmRSS, sampled every 0.5 s)", ["measure", "value"], memory),
         ("Targets", ["target", "measured", "result"], targets),
     ]
 
@@ -449,10 +465,10 @@ def run_burst(args: argparse.Namespace) -> None:
 
     result = burst.run(args, _token(args))
     result["targets"] = burst_targets(result)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")  # first: a report bug must not lose the figures
     tables = burst_tables(result)
     print(render_text(tables))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(args.markdown, render_markdown(result, tables))
     verdicts = Counter(t["result"] for t in result["targets"])
     print(f"\ntargets: {dict(verdicts)}; wrote {args.json} and {args.markdown}")

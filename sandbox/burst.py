@@ -118,21 +118,30 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _tree_rss(root: int) -> tuple[int, int]:
-    """(VmRSS bytes, processes) of a process and all its descendants."""
-    total, seen, todo = 0, set(), [root]
+def _tree(root: int) -> list[int]:
+    """A process and all its descendants (e.g. the worker's embedded beat)."""
+    seen, todo = [], [root]
     while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
-        except OSError:
-            continue
-        todo += _children(pid)
-    return total, len(seen)
+        if (pid := todo.pop()) not in seen:
+            seen.append(pid)
+            todo += _children(pid)
+    return seen
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+    except OSError:
+        return 0
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime + cutime + cstime of a process (all its threads), in clock ticks."""
+    try:
+        return sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15])
+    except (OSError, ValueError):
+        return 0
 
 
 class MemorySampler:
@@ -156,9 +165,9 @@ class MemorySampler:
 
     def _loop(self) -> None:
         while True:
-            trees = {name: _tree_rss(pid) for name, pid in self.roots.items()}
-            rss = {name: t[0] for name, t in trees.items()}
-            self.samples.append((time.monotonic() - self._t0, rss, self.live(), sum(t[1] for t in trees.values())))
+            trees = {name: _tree(pid) for name, pid in self.roots.items()}
+            rss = {name: sum(_rss(p) for p in pids) for name, pids in trees.items()}
+            self.samples.append((time.monotonic() - self._t0, rss, self.live(), sum(map(len, trees.values()))))
             if self._stop.wait(0.5):
                 return
 
@@ -183,23 +192,26 @@ class MemorySampler:
         }
 
 
-def _cpu_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU time of the whole machine so far."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields) - fields[3] - fields[4], sum(fields)
+class CpuMark:
+    """CPU used since the mark: the machine's busy share, the API and worker trees, the bench client itself
+    (it shares the machine with the service, so its share is part of the picture)."""
 
+    def __init__(self, roots: Iterable[int]) -> None:
+        self.roots = list(roots)
+        self.start = self._now()
 
-def _cpu_since(mark: tuple[float, tuple[int, int]]) -> dict[str, float]:
-    """The bench client's own CPU use and the machine's busy share since `mark` (see _cpu_mark)."""
-    busy, total = _cpu_jiffies()
-    return {
-        "bench_client_cpu_s": round(time.process_time() - mark[0], 1),
-        "machine_cpu_busy_pct": round(100 * (busy - mark[1][0]) / max(1, total - mark[1][1]), 1),
-    }
+    def _now(self) -> tuple[float, ...]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        service = sum(_cpu_ticks(pid) for root in self.roots for pid in _tree(root))
+        return time.process_time(), sum(fields) - fields[3] - fields[4], sum(fields), service
 
-
-def _cpu_mark() -> tuple[float, tuple[int, int]]:
-    return time.process_time(), _cpu_jiffies()
+    def since(self) -> dict[str, float]:
+        client, busy, total, service = (b - a for a, b in zip(self.start, self._now(), strict=True))
+        return {
+            "machine_cpu_busy_pct": round(100 * busy / max(1, total), 1),
+            "service_cpu_s": round(service / os.sysconf("SC_CLK_TCK"), 1),
+            "bench_client_cpu_s": round(client, 1),
+        }
 
 
 # --- raw engine baselines -------------------------------------------------------------------
@@ -337,6 +349,7 @@ class Session:
     engine: docker.DockerClient
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     live: set[str] = field(default_factory=set)  # rollouts this run holds a container for
+    roots: list[int] = field(default_factory=list)  # the API and worker processes
 
     def client(self, connections: int) -> httpx.AsyncClient:
         n = connections + 8
@@ -431,10 +444,10 @@ def summarize(calls: list[Call], n: int, k: int) -> dict[str, Any]:
 
 async def _timed_burst(s: Session, name: str, rids: list[str], k: int, item: dict[str, Any] | None) -> dict:
     s.progress.begin(f"{name} burst: {len(rids)} rollouts x {k} calls", len(rids) * k)
-    mark = _cpu_mark()
+    mark = CpuMark(s.roots)
     calls = await _burst(s, rids, k, item)
     s.progress.end()
-    return {**summarize(calls, len(rids), k), **_cpu_since(mark)}
+    return {**summarize(calls, len(rids), k), **mark.since()}
 
 
 async def _release(s: Session, client: httpx.AsyncClient, rids: list[str]) -> dict[str, Any]:
@@ -542,7 +555,7 @@ async def _sustained(s: Session, args: argparse.Namespace, rids: list[str]) -> d
             return {"error": f"no rollout could be provisioned: {Counter(f'{c.status} {c.reason}' for c in firsts)}"}
         s.progress.begin(f"sustained: {len(ready)} clients looping echo for {args.sustained_seconds:.0f} s")
         calls: list[Call] = []
-        mark, t0 = _cpu_mark(), time.perf_counter()
+        mark, t0 = CpuMark(s.roots), time.perf_counter()
         deadline = t0 + args.sustained_seconds
 
         async def loop(rid: str) -> None:
@@ -562,31 +575,37 @@ async def _sustained(s: Session, args: argparse.Namespace, rids: list[str]) -> d
         "errors_by_outcome": dict(Counter(f"{c.status} {c.outcome} {c.reason}" for c in calls if not c.ok)),
         "calls_per_s": round(len(ok) / elapsed, 1),
         "latency_ms": stats((c.end - c.start for c in ok), 1000, 1),
-        **_cpu_since(mark),
+        **mark.since(),
     }
 
 
 def _single(s: Session, rid: str) -> dict[str, Any]:
     s.progress.begin(f"single call: {SINGLE_CALLS} sequential echo calls on one rollout", SINGLE_CALLS)
-    latencies, errors, mark = [], Counter[str](), _cpu_mark()
+    latencies, errors = [], Counter[str]()
     with httpx.Client(base_url=s.url, headers=s.headers, timeout=HTTP_TIMEOUT_S) as client:  # one keep-alive conn
-        for i in range(10 + SINGLE_CALLS):
+
+        def echo() -> tuple[int, str, str]:
+            return _answer(client.post("/v1/tools/shell", json=_body("shell", rid, {"command": "echo hi"}, None)))
+
+        for _ in range(10):  # warm the connection and the worker's threads
+            echo()
+        mark, t0 = CpuMark(s.roots), time.perf_counter()
+        for _ in range(SINGLE_CALLS):
             t = time.perf_counter()
-            body = _body("shell", rid, {"command": "echo hi"}, None)
-            status, outcome, reason = _answer(client.post("/v1/tools/shell", json=body))
-            if i >= 10:  # the first 10 warm the connection and the worker's threads
-                ok = status == 200 and outcome == "ok"
-                if ok:
-                    latencies.append(time.perf_counter() - t)
-                else:
-                    errors.update([f"{status} {outcome} {reason}"])
-                s.progress.tick(ok)
+            status, outcome, reason = echo()
+            ok = status == 200 and outcome == "ok"
+            if ok:
+                latencies.append(time.perf_counter() - t)
+            else:
+                errors.update([f"{status} {outcome} {reason}"])
+            s.progress.tick(ok)
     s.progress.end()
     return {
         "calls": SINGLE_CALLS,
+        "seconds": round(time.perf_counter() - t0, 2),
         "errors_by_outcome": dict(errors),
         "latency_ms": stats(latencies, 1000, 2),
-        **_cpu_since(mark),
+        **mark.since(),
     }
 
 
@@ -687,6 +706,7 @@ def run(args: argparse.Namespace, token: str) -> dict[str, Any]:
     s = Session(args.url, headers, Progress(), engine)
     labels = {"bench": "1", "bench.run": s.tag}
     sampler = MemorySampler(args.run_dir, lambda: len(s.live))
+    s.roots = list(sampler.roots.values())
     started = time.monotonic()
     try:
         if not args.skip_baselines:

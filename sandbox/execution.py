@@ -17,7 +17,7 @@ from .config import Settings
 from .errors import InfraError, InternalError, SandboxLost
 from .outcomes import ModelReason, Outcome
 from .rollouts import mark_lost
-from .store import READY, Store
+from .store import READY, RolloutRecord, Store
 
 
 @dataclass
@@ -33,10 +33,10 @@ class Executor:
         """
         rid = request["rollout_id"]
         try:
-            stored = self.store.stored_result(rid, request["call_id"])
+            stored, rec = self.store.begin_execution(request["reply_id"], rid, request["call_id"])
             if stored is not None:  # a redelivered task: the command already ran
                 return {"result": stored.to_dict()}
-            result = self._run(request)
+            result = self._run(request, rec)
             self.store.record_call(rid, result, served=True)
             return {"result": result.to_dict()}
         except InfraError as exc:
@@ -50,9 +50,7 @@ class Executor:
                 mark_lost(self.store, rid, exc.message)
             return {"infra": {"reason": exc.reason.value, "message": exc.message}}
 
-    def _run(self, request: dict[str, Any]) -> CallResult:
-        rid = request["rollout_id"]
-        rec = self.store.get_rollout(rid)
+    def _run(self, request: dict[str, Any], rec: RolloutRecord | None) -> CallResult:
         if rec is None or rec.state != READY:
             state = rec.state if rec else "missing"
             raise SandboxLost(f"the rollout's sandbox is not available (state {state})")

@@ -121,13 +121,15 @@ class RolloutService:
             self._hosts_at = now
         return list(self._hosts)
 
-    def ensure_ready(self, rid: str, item: dict[str, Any] | None) -> RolloutRecord:
+    def ensure_ready(self, rid: str, item: dict[str, Any] | None, known: RolloutRecord | None = None) -> RolloutRecord:
         """Return the rollout's record once its container is ready, provisioning it if needed.
 
         Parallel first calls race here; exactly one wins the claim and queues the
         provisioning, the others wait for the same container.
         Raises ProvisionFailed, QueueTimeout, SandboxLost, RolloutReleased, StoreUnavailable.
         """
+        if known is not None and known.state == READY:  # the caller just read it: skip a round trip
+            return known
         deadline = time.monotonic() + self.settings.timeouts.provision_s
         waited_on: int | None = None  # the provisioning attempt this caller waits for
         backoff = 0.005

@@ -449,6 +449,17 @@ class Store:
             raw = self.r.hget(self.k_results(rid), call_id)
         return CallResult.from_dict(json.loads(raw)) if raw else None
 
+    def begin_execution(self, reply_id: str, rid: str, call_id: str) -> tuple[CallResult | None, RolloutRecord | None]:
+        """A worker starting a call: mark it started, and read its stored result and the record, in one round trip."""
+        with translate_errors():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.set(self.k_started(reply_id), "1", ex=3600)
+            pipe.hget(self.k_results(rid), call_id)
+            pipe.hgetall(self.k_rollout(rid))
+            _, raw, h = pipe.execute()
+        stored = CallResult.from_dict(json.loads(raw)) if raw else None
+        return stored, (RolloutRecord.from_hash(rid, h) if h else None)
+
     def claim_call(self, rid: str, call_id: str, stale_s: float) -> bool:
         """Mark a call as running so a concurrent retry waits instead of running it again."""
         key = self.k_inflight(rid)
@@ -520,10 +531,6 @@ class Store:
         with translate_errors():
             got = self.blocking.blpop([self.k_reply(reply_id)], timeout=max(timeout_s, 0.01))
         return json.loads(got[1]) if got else None
-
-    def mark_started(self, reply_id: str, ttl_s: int = 3600) -> None:
-        with translate_errors():
-            self.r.set(self.k_started(reply_id), "1", ex=ttl_s)
 
     def was_started(self, reply_id: str) -> bool:
         with translate_errors():

@@ -81,7 +81,7 @@ class ToolService:
             )
             return self._model_error_without_running(call, ModelReason.BUDGET_EXHAUSTED, message, env)
         try:
-            rec = self.rollouts.ensure_ready(call.rollout_id, call.item)
+            rec = self.rollouts.ensure_ready(call.rollout_id, call.item, known=rec)
             return self._dispatch(call, rec.host, args_or_problem, env)
         except InfraError as exc:
             if limit is not None:

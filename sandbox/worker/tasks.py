@@ -28,8 +28,7 @@ def execute(request: dict[str, Any]) -> None:
     rt = runtime()
     reply_id = request["reply_id"]
     try:
-        rt.store.mark_started(reply_id)
-        reply = rt.executor.execute(request)
+        reply = rt.executor.execute(request)  # marks the call started (worker_lost vs queue_timeout)
     except InfraError as exc:
         reply = {"infra": {"reason": exc.reason.value, "message": exc.message}}
     except Exception as exc:  # never leave the API waiting for a reply that will not come
