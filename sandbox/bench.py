@@ -352,7 +352,7 @@ def burst_tables(r: dict[str, Any]) -> list[Table]:
         raw_exec = (
             f"docker exec, {ex['parallel']} at a time: {ex['execs_per_s']}/s, p50 {ex['latency_ms'].get('p50')} ms"
         )
-    results, bursts, outcomes = [], [], []
+    results, bursts, outcomes, upkeep = [], [], [], []
     for name in ("warm", "cold"):
         if (b := r.get(name)) is None:
             continue
@@ -369,6 +369,13 @@ def burst_tables(r: dict[str, Any]) -> list[Table]:
             + [_f(b[k]) for k in ("all_provisioned_s", "makespan_s", "calls_per_s")]
         )
         outcomes += [[name, key, str(n)] for key, n in b["outcomes"].items()]
+        fill, settle = b.get("pool_fill", {}), b.get("settle", {})
+        upkeep.append([name, _f(fill.get("seconds")), _f(b.get("pool_available_after_burst"))])
+        upkeep[-1] += [
+            _f(b.get("release", {}).get("seconds")),
+            _f(settle.get("seconds")),
+            _f(settle.get("containers_left")),
+        ]
     loads = []
     for name, b in (("sustained echo", r.get("sustained") or {}), ("single call echo", r.get("single_call") or {})):
         if "latency_ms" not in b:
@@ -397,8 +404,9 @@ def burst_tables(r: dict[str, Any]) -> list[Table]:
     phases = [("warm burst", "warm", "makespan_s"), ("cold burst", "cold", "makespan_s")]
     for name, key, secs in phases + [("sustained", "sustained", "seconds"), ("single call", "single_call", "seconds")]:
         if "service_cpu_s" in (b := r.get(key) or {}):
-            keys = ("machine_cpu_busy_pct", "service_cpu_s", "bench_client_cpu_s")
-            cpu.append([name, _f(b.get(secs))] + [_f(b[k]) for k in keys])
+            split = ", ".join(f"{k} {v}" for k, v in b["service_cpu_by_process_s"].items())
+            cpu.append([name, _f(b.get(secs)), _f(b["machine_cpu_busy_pct"]), f"{b['service_cpu_s']} ({split})"])
+            cpu[-1] += [_f(b.get("ok_calls", b.get("calls_answered", b.get("calls")))), _f(b["bench_client_cpu_s"])]
     mem = r.get("memory", {})
     memory = [["memory", _f(mem.get("error"))]]
     if "peak_rss_mib" in mem:
@@ -408,18 +416,20 @@ def burst_tables(r: dict[str, Any]) -> list[Table]:
             [f"at the most live rollouts ({mem['most_live_rollouts']})", f"{mem['rss_at_most_live_mib']} MiB"],
         ]
     targets = [[t["target"], t["measured"], f"**{t['result']}**"] for t in r["targets"]]
+    cleanup = ["release", "containers removed after", "containers left"]
     times = ["TTFO p50", "p95", "p99", "max", "all provisioned", "makespan", "calls/s"]
     return [
         ("Results beside the raw engine", ["measure", "this service", "raw engine, same run", "ratio"], results),
         ("Bursts (times in s from the burst's start)", ["scenario", "N x K", "answered", "errors", *times], bursts),
         ("Outcomes of every call", ["scenario", "HTTP status, outcome, reason", "calls"], outcomes),
+        ("Warm pool and clean-up (s)", ["scenario", "pool filled in", "pool after the burst", *cleanup], upkeep),
         (
             "Sustained and single call (ms)",
             ["load", "ok calls", "errors", "calls/s", "p50", "p95", "p99", "max"],
             loads,
         ),
         ("Raw engine baselines", ["measure", "result"], engine),
-        ("CPU during each phase", ["phase", "seconds", "machine busy %", "API + worker CPU s", "bench CPU s"], cpu),
+        ("CPU during each phase", ["phase", "s", "machine busy %", "API + worker CPU s", "calls", "bench CPU s"], cpu),
         ("Memory: API and worker process trees (VmRSS, sampled every 0.5 s)", ["measure", "value"], memory),
         ("Targets", ["target", "measured", "result"], targets),
     ]
@@ -443,6 +453,8 @@ def render_markdown(r: dict[str, Any], tables: list[Table]) -> str:
         f"- Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB memory",
         f"- System: {m['os']}, kernel {m['kernel']}",
         f"- Docker: server {m['docker_version']}, storage driver {m['storage_driver']}",
+        f"- At the start: containers running {m['containers_running_at_start']}, load average "
+        + " / ".join(map(str, m["load_average_at_start"])),
         f"- Command: `{r['command']}` (the whole run took {r['duration_s']} s)",
         "",
     ]

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(64, ge=1, description="Threads of the Celery worker (tool calls wait on I/O).")
     provision_concurrency: int = Field(
-        6, ge=1, description="Container creations at once per host (what the engine sustains)."
+        8, ge=1, description="Container creations at once per host (what the engine sustains)."
     )
     warm_pool_size: int = Field(0, ge=0, description="Warm containers kept per host for the default environment.")
     worker_metrics_port: int = Field(

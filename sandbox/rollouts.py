@@ -165,7 +165,9 @@ class RolloutService:
                     f"no sandbox within {self.settings.timeouts.provision_s:g} s; the provisioning backlog is long"
                 )
             time.sleep(backoff)
-            backoff = min(backoff * 1.5, 0.05)
+            # Waiters back off to 250 ms: a burst of 500 waiting first calls polling faster
+            # steals the CPU the engine needs to create their containers.
+            backoff = min(backoff * 1.5, 0.25)
 
     def _ended_error(self, rec: RolloutRecord) -> SandboxError:
         if rec.state == RELEASED:
