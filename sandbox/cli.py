@@ -34,6 +34,8 @@ def run_api(args: argparse.Namespace) -> None:
         # One process serves hundreds of calls at once (they wait on Redis in threads);
         # more processes spread the JSON and HTTP work over more cores.
         workers=workers,
+        # An access-log line per tool call costs CPU the sandboxes need; ask for it with --access-log.
+        access_log=args.access_log,
         timeout_keep_alive=30,
         backlog=2048,
     )
@@ -64,11 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     api.add_argument("--port", type=int)
     api.add_argument("--workers", type=int, default=0, help="uvicorn worker processes (default SANDBOX_API_WORKERS)")
     api.add_argument("--log-level", default="info")
+    api.add_argument("--access-log", action="store_true", help="log every request (costs CPU under load)")
     api.set_defaults(func=run_api)
     worker = sub.add_parser("worker", help="run a Celery worker for this sandbox host")
     worker.add_argument("--beat", action="store_true", help="also run beat (reaper and reconciler schedule)")
     worker.add_argument("--beat-schedule", default=".run/celerybeat-schedule")
-    worker.add_argument("--log-level", default="info")
+    # INFO logs two lines per task (received, succeeded): CPU the sandboxes need under load.
+    worker.add_argument("--log-level", default="warning")
     worker.set_defaults(func=run_worker)
     from .bench import add_parser as add_bench
     from .chaos import add_parser as add_chaos

@@ -14,10 +14,10 @@ from typing import Any
 from .backends.base import Backend
 from .calls import CallResult, cap_text, read_file_outcome, shell_outcome
 from .config import Settings
-from .errors import InfraError, InternalError, SandboxLost
+from .errors import InfraError, InternalError, ProvisionFailed, SandboxLost
 from .outcomes import ModelReason, Outcome
 from .rollouts import mark_lost
-from .store import READY, RolloutRecord, Store
+from .store import FAILED, PROVISIONING, READY, RolloutRecord, Store
 
 
 @dataclass
@@ -51,6 +51,10 @@ class Executor:
             return {"infra": {"reason": exc.reason.value, "message": exc.message}}
 
     def _run(self, request: dict[str, Any], rec: RolloutRecord | None) -> CallResult:
+        if rec is not None and rec.state in (FAILED, PROVISIONING):
+            # Its sandbox died before serving anything and is being (or may be) provisioned
+            # again: retryable, and nothing the agent saw is lost.
+            raise ProvisionFailed(f"the rollout's sandbox is not ready (state {rec.state}); retry")
         if rec is None or rec.state != READY:
             state = rec.state if rec else "missing"
             raise SandboxLost(f"the rollout's sandbox is not available (state {state})")

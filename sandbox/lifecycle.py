@@ -17,7 +17,7 @@ from .config import Settings
 from .dispatch import Dispatcher
 from .environments import EnvironmentRegistry
 from .rollouts import container_name, end_rollout, mark_lost
-from .store import EXPIRED, PROVISIONING, READY, RolloutRecord, Store
+from .store import ENDED_STATES, EXPIRED, PROVISIONING, READY, RolloutRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,9 @@ class Reconciler:
         for c in containers:
             owner = owned.get(c.name)
             if owner is not None:
-                if owner.state == READY and not c.running:
+                # Judge only rollouts ready before the listing: a container still starting
+                # when listed may have become ready (and running) since.
+                if owner.state == READY and owner.ready_at < listed_at and not c.running:
                     lost += self._gone(owner.rollout_id, "the container stopped")
                     self.backend.destroy(c.name)
                 continue
@@ -86,6 +88,10 @@ class Reconciler:
                 continue
             if listed_at - c.created_at < s.lifecycle.orphan_grace_s:
                 continue  # being created right now (a pool refill or a provisioning task)
+            ended = self.store.get_rollout(c.rollout_id) if c.rollout_id else None
+            if ended is not None and ended.state in ENDED_STATES and ended.container_name in ("", c.name):
+                self.backend.destroy(c.name)  # released or expired: its destroy task is just behind
+                continue
             log.info("removing orphan container %s", c.name)
             self.backend.destroy(c.name)
             metrics.RECONCILER_ACTIONS.labels("orphan_removed").inc()
