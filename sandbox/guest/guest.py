@@ -164,12 +164,21 @@ def start_command(command: str, cwd: str, ident: Identity) -> subprocess.Popen[b
         "TERM": "dumb",
         "SHELL": "/bin/bash",
     }
+    # One bash started in the directory is enough when anyone may enter it (the usual
+    # workspace): Popen enters it before dropping to the user, as a root that has no
+    # DAC_OVERRIDE, so that only works for world-searchable paths. Otherwise a wrapper shell
+    # enters it as the user and execs a second bash (about 1 ms more per call).
+    argv, start_dir = (
+        (["bash", "-c", command], cwd)
+        if _world_searchable(cwd)
+        else (["bash", "-c", CD_THEN_RUN, "bash", cwd, command], "/")
+    )
     end = time.monotonic() + START_RETRY
     while True:
         try:
             return subprocess.Popen(
-                ["bash", "-c", CD_THEN_RUN, "bash", cwd, command],
-                cwd="/",
+                argv,
+                cwd=start_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -180,9 +189,26 @@ def start_command(command: str, cwd: str, ident: Identity) -> subprocess.Popen[b
                 extra_groups=ident.groups,
             )
         except OSError as exc:
+            if start_dir != "/" and exc.errno in (errno.EACCES, errno.ENOENT, errno.ENOTDIR):
+                argv, start_dir = ["bash", "-c", CD_THEN_RUN, "bash", cwd, command], "/"  # changed meanwhile
+                continue
             if exc.errno not in RETRYABLE or time.monotonic() >= end:
                 raise
             time.sleep(0.05)
+
+
+def _world_searchable(path: str) -> bool:
+    """True when every directory from / down to `path` lets anyone enter it."""
+    current = "/"
+    for part in [p for p in os.path.normpath(path).split("/") if p]:
+        current = os.path.join(current, part)
+        try:
+            st = os.stat(current)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or not st.st_mode & stat.S_IXOTH:
+            return False
+    return True
 
 
 def pump(proc: subprocess.Popen[bytes], buf: HeadTailBuffer, deadline: float) -> bool:
