@@ -29,6 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_LABEL = "sandbox.test-session"
 
 
+def wait_until(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.3) -> Any:
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError("condition not met in time")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import signals
@@ -50,14 +51,18 @@ def reap() -> int:
     return len(runtime().reaper.reap())
 
 
+def _to_every_host(send: Callable[[str], None]) -> int:
+    """Beat runs in one place; work on containers must run on each host's own queue."""
+    hosts = runtime().store.hosts()
+    for host_id in hosts:
+        send(host_id)
+    return len(hosts)
+
+
 @celery_app.task(name="sandbox.reconcile_all")
 def reconcile_all() -> int:
     """Fan the reconciler out to every registered host's own queue."""
-    rt = runtime()
-    hosts = rt.store.hosts()
-    for host_id in hosts:
-        rt.dispatcher.reconcile(host_id)
-    return len(hosts)
+    return _to_every_host(runtime().dispatcher.reconcile)
 
 
 @celery_app.task(name="sandbox.refill")
@@ -68,11 +73,7 @@ def refill() -> dict[str, int]:
 @celery_app.task(name="sandbox.refill_all")
 def refill_all() -> int:
     """Ask every registered host to top up its warm pools."""
-    rt = runtime()
-    hosts = rt.store.hosts()
-    for host_id in hosts:
-        rt.dispatcher.refill(host_id)
-    return len(hosts)
+    return _to_every_host(runtime().dispatcher.refill)
 
 
 @celery_app.task(name="sandbox.reconcile")

@@ -8,23 +8,13 @@ import uuid
 import httpx
 import pytest
 
-from tests.stack import TEST_LABEL, Stack
+from tests.stack import TEST_LABEL, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def rid(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def wait_until(predicate, timeout_s: float = 30, interval_s: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError("condition not met in time")
 
 
 def infra_count(stack: Stack, reason: str) -> float:

@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.stack import ROOT, RedisServer, Stack, free_port
+from tests.stack import ROOT, RedisServer, Stack, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 MONITORING = ROOT / "monitoring"
@@ -157,16 +157,6 @@ def proof() -> Iterator[tuple[Stack, SecondEngine, Prometheus]]:
         redis_server.close()
 
 
-def wait_for(predicate, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError("condition not met in time")
-
-
 def test_prometheus_tells_infra_from_model_exactly(proof: tuple[Stack, SecondEngine, Prometheus]) -> None:
     stack, engine, prom = proof
     tag = uuid.uuid4().hex[:6]
@@ -174,7 +164,7 @@ def test_prometheus_tells_infra_from_model_exactly(proof: tuple[Stack, SecondEng
     ok = lambda r: r.status_code == 200 and r.headers["X-Sandbox-Outcome"] == "ok"  # noqa: E731
 
     # Prometheus must have seen every counter at zero first, or increase() has no baseline.
-    wait_for(lambda: len(prom.query("up == 1")) == 2 and prom.query("sandbox_tool_calls_total"))
+    wait_until(lambda: len(prom.query("up == 1")) == 2 and prom.query("sandbox_tool_calls_total"))
     time.sleep(2)
 
     # Healthy traffic.
@@ -224,7 +214,7 @@ def test_prometheus_tells_infra_from_model_exactly(proof: tuple[Stack, SecondEng
     r = stack.shell(f"proof-{tag}-new", "echo engine down")
     assert (r.status_code, r.json()["error"]["code"]) == (503, "engine_unavailable")
     engine.start()
-    wait_for(lambda: stack.http.get("/readyz").status_code == 200)
+    wait_until(lambda: stack.http.get("/readyz").status_code == 200)
     assert ok(stack.shell(f"proof-{tag}-after", "echo new rollout after the engine came back"))
     infra = {"sandbox_lost": 2, "worker_lost": 1, "engine_unavailable": 1}
     infra[live_reason] += 1
@@ -234,7 +224,7 @@ def test_prometheus_tells_infra_from_model_exactly(proof: tuple[Stack, SecondEng
         rows = prom.query(f'sum by (reason) (sandbox_tool_calls_total{{outcome="{outcome}"}})')
         return {row["metric"]["reason"]: float(row["value"][1]) for row in rows if float(row["value"][1])}
 
-    wait_for(lambda: counts("infra_error") == infra and counts("model_error") == model, timeout_s=30)
+    wait_until(lambda: counts("infra_error") == infra and counts("model_error") == model, timeout_s=30)
     assert counts("infra_error") == infra
     assert counts("model_error") == model
     assert prom.value('sum(sandbox_zero_rewards_total{cause="model"})') == 1
@@ -253,7 +243,7 @@ def test_prometheus_tells_infra_from_model_exactly(proof: tuple[Stack, SecondEng
         states = [a["state"] for a in alerts if a["labels"]["alertname"] == "SandboxInfraErrorRatioHigh"]
         return states[0] if states else None
 
-    assert wait_for(alert_state, timeout_s=30) in ("pending", "firing")
+    assert wait_until(alert_state, timeout_s=30) in ("pending", "firing")
 
     # No label carries a rollout id.
     series = httpx.get(f"{prom.url}/api/v1/series", params={"match[]": '{__name__=~"sandbox_.+"}'}).json()["data"]
