@@ -58,6 +58,16 @@ def run_worker(args: argparse.Namespace) -> None:
     os.execv(argv[0], argv)  # celery's own CLI in this interpreter, so signals reach it directly
 
 
+def run_beat(args: argparse.Namespace) -> None:
+    """Beat alone: with many sandbox hosts, exactly one process in the cluster keeps the schedule."""
+    argv = [
+        sys.executable, "-m", "celery", "-A", "sandbox.worker.app:celery_app", "beat",
+        "--schedule", args.beat_schedule,
+        "--loglevel", args.log_level.upper(),
+    ]  # fmt: skip
+    os.execv(argv[0], argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sandbox", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     # INFO logs two lines per task (received, succeeded): CPU the sandboxes need under load.
     worker.add_argument("--log-level", default="warning")
     worker.set_defaults(func=run_worker)
+    beat = sub.add_parser("beat", help="run Celery beat alone (one per cluster; workers then run without --beat)")
+    beat.add_argument("--beat-schedule", default=".run/celerybeat-schedule")
+    beat.add_argument("--log-level", default="warning")
+    beat.set_defaults(func=run_beat)
     from .bench import add_parser as add_bench
     from .chaos import add_parser as add_chaos
 

@@ -106,7 +106,10 @@ class Settings(BaseSettings):
     )
     warm_pool_size: int = Field(0, ge=0, description="Warm containers kept per host for the default environment.")
     worker_metrics_port: int = Field(
-        9101, ge=0, description="Port of the worker's /metrics on 127.0.0.1; 0 disables it."
+        9101, ge=0, description="Port of the worker's /metrics; 0 disables it."
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Address of the worker's /metrics (0.0.0.0 in a pod, for the PodMonitor)."
     )
     api_host: str = Field("127.0.0.1", description="Address the API binds.")
     api_port: int = Field(8000, description="Port the API binds.")

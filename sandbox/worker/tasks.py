@@ -87,7 +87,7 @@ def _on_worker_ready(**_: Any) -> None:
     metrics.init_metrics()
     port = rt.settings.worker_metrics_port
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=rt.settings.worker_metrics_host)
     rt.start_heartbeat()
     rt.dispatcher.refill(rt.settings.host_id)  # fill the pools now, not at the first beat
     log.info("sandbox host %s serving queue %s", rt.settings.host_id, rt.settings.host_queue)
