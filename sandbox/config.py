@@ -57,6 +57,24 @@ class TimeoutSettings(BaseModel):
     )
 
 
+class HostSettings(BaseModel):
+    capacity: int = Field(
+        1000,
+        ge=0,
+        description="Containers (rollouts and warm pool) this host takes before it counts as full; 0: no cap.",
+    )
+    heartbeat_s: float = Field(5.0, gt=0, description="How often a worker renews its host's registration.")
+    down_after_beats: int = Field(
+        4, ge=2, description="Missed heartbeats after which a host is down and its rollouts are lost."
+    )
+    failure_window_s: float = Field(60.0, gt=0, description="Window in which engine failures are counted.")
+    failure_min: int = Field(5, ge=1, description="Engine failures in the window that can quarantine a host.")
+    failure_ratio: float = Field(
+        0.5, gt=0, le=1, description="Share of failed engine operations in the window that quarantines a host."
+    )
+    quarantine_s: float = Field(30.0, gt=0, description="How long a failure spike keeps new rollouts off a host.")
+
+
 class GradingSettings(BaseModel):
     default_grader: str = Field("file_f1", description="Grader used when item['grader'] names none.")
     beta: float = Field(1.0, gt=0, description="file_f1: the F-beta weight of recall (1 = F1).")
@@ -105,9 +123,7 @@ class Settings(BaseSettings):
         8, ge=1, description="Container creations at once per host (what the engine sustains)."
     )
     warm_pool_size: int = Field(0, ge=0, description="Warm containers kept per host for the default environment.")
-    worker_metrics_port: int = Field(
-        9101, ge=0, description="Port of the worker's /metrics; 0 disables it."
-    )
+    worker_metrics_port: int = Field(9101, ge=0, description="Port of the worker's /metrics; 0 disables it.")
     worker_metrics_host: str = Field(
         "127.0.0.1", description="Address of the worker's /metrics (0.0.0.0 in a pod, for the PodMonitor)."
     )
@@ -128,6 +144,7 @@ class Settings(BaseSettings):
     lifecycle: LifecycleSettings = LifecycleSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
     grading: GradingSettings = GradingSettings()
+    hosts: HostSettings = HostSettings()
 
     @field_validator("env")
     @classmethod

@@ -10,8 +10,9 @@ from typing import Any, Protocol
 
 
 class Dispatcher(Protocol):
-    def provision(self, rollout_id: str, attempt: int) -> None:
-        """Queue the creation of a rollout's container on the shared provisioning queue."""
+    def provision(self, rollout_id: str, attempt: int, host: str = "") -> None:
+        """Queue the creation of a rollout's container: on the shared provisioning queue
+        (any host with room takes it), or on one host's own queue when placement chose it."""
         ...
 
     def execute(self, host: str, request: dict[str, Any], expires_s: float) -> None:

@@ -201,8 +201,7 @@ class EnvironmentRegistry:
 
     def pool_view(self, env: Environment) -> dict[str, dict[str, int]]:
         target = env.spec.warm_pool_size if env.registered_at or env.name != DEFAULT else self.settings.warm_pool_size
-        hosts = self.store.hosts()
-        sizes = self.store.pool_sizes({h: True for h in hosts}, {env.name: target})
+        sizes = self.store.pool_sizes(self.store.hosts(), {env.name: target})
         return {host: {"available": n, "target": t} for (_, host), (n, t) in sizes.items()}
 
 

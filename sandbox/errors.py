@@ -103,6 +103,13 @@ class SandboxLost(InfraError):
     retryable = False
 
 
+class HostUnavailable(InfraError):
+    """The rollout's sandbox host is down or its engine is gone; the rollout must be discarded."""
+
+    reason = InfraReason.HOST_UNAVAILABLE
+    retryable = False
+
+
 class QueueTimeout(InfraError):
     """No worker took the work in time."""
 
@@ -133,6 +140,7 @@ INFRA_ERRORS_BY_REASON: dict[str, type[InfraError]] = {
         ProvisionFailed,
         EngineUnavailable,
         SandboxLost,
+        HostUnavailable,
         QueueTimeout,
         WorkerLost,
         StoreUnavailable,

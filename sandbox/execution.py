@@ -14,7 +14,8 @@ from typing import Any
 from .backends.base import Backend
 from .calls import CallResult, cap_text, read_file_outcome, shell_outcome
 from .config import Settings
-from .errors import InfraError, InternalError, ProvisionFailed, SandboxLost
+from .errors import EngineUnavailable, InfraError, InternalError, ProvisionFailed, SandboxLost
+from .hosts import FailureWindow
 from .outcomes import ModelReason, Outcome
 from .rollouts import mark_lost
 from .store import FAILED, PROVISIONING, READY, RolloutRecord, Store
@@ -25,6 +26,7 @@ class Executor:
     store: Store
     backend: Backend
     settings: Settings
+    failures: FailureWindow | None = None  # engine failures here may quarantine the host
 
     def execute(self, request: dict[str, Any]) -> dict[str, Any]:
         """Run one dispatched call; return the reply the API waits for.
@@ -37,9 +39,12 @@ class Executor:
             if stored is not None:  # a redelivered task: the command already ran
                 return {"result": stored.to_dict()}
             result = self._run(request, rec)
+            self._engine_result(ok=True)
             self.store.record_call(rid, result, served=True)
             return {"result": result.to_dict()}
         except InfraError as exc:
+            if isinstance(exc, EngineUnavailable):
+                self._engine_result(ok=False)
             if isinstance(exc, SandboxLost):
                 if self.store.fail_unserved(rid, exc.message):
                     # Died before serving anything (e.g. a stale warm container): the
@@ -49,6 +54,10 @@ class Executor:
                     }
                 mark_lost(self.store, rid, exc.message)
             return {"infra": {"reason": exc.reason.value, "message": exc.message}}
+
+    def _engine_result(self, ok: bool) -> None:
+        if self.failures is not None:
+            self.failures.record(ok)
 
     def _run(self, request: dict[str, Any], rec: RolloutRecord | None) -> CallResult:
         if rec is not None and rec.state in (FAILED, PROVISIONING):

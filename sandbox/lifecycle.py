@@ -1,8 +1,10 @@
-"""Keeping Redis and the engines in agreement: the reaper and the reconciler.
+"""Keeping Redis and the engines in agreement: the reaper, the reconciler, the host watch.
 
 The platform never says a rollout is finished, so idle and lifetime limits end them.
 The reconciler heals both directions of drift: containers nobody owns (e.g. a worker
-died between create and record) and records whose container vanished.
+died between create and record) and records whose container vanished. The host watch
+ends the rollouts of a host that went down or lost its engine, even if no call of
+theirs arrives to notice it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from .backends.base import LABEL_HOST, LABEL_INSTANCE, Backend
 from .config import Settings
 from .dispatch import Dispatcher
 from .environments import EnvironmentRegistry
-from .rollouts import container_name, end_rollout, mark_lost
-from .store import ENDED_STATES, EXPIRED, PROVISIONING, READY, RolloutRecord, Store
+from .hosts import DOWN, HOST_LOST_REASON, views
+from .rollouts import DEFAULT_ENVIRONMENT, container_name, end_rollout, mark_lost
+from .store import ENDED_STATES, EXPIRED, FAILED, PROVISIONING, READY, RolloutRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +132,47 @@ class Reconciler:
                     for child in entry.iterdir():
                         child.unlink(missing_ok=True)
                     entry.rmdir()
+
+
+@dataclass
+class HostWatch:
+    store: Store
+    dispatcher: Dispatcher
+    settings: Settings
+    registry: EnvironmentRegistry
+
+    def sweep(self) -> dict[str, int]:
+        """For every lost host: end its served rollouts as lost, provision the others elsewhere."""
+        counts = {"lost": 0, "replaced": 0}
+        for host, view in views(self.store.hosts()).items():
+            if not view.lost_its_sandboxes:
+                continue
+            # A down host changes nothing until it beats again: one sweep per outage is enough.
+            if view.status == DOWN and not self.store.mark_host_swept(host, view.info.get("heartbeat_at", "")):
+                continue
+            self.store.drop_pools_of(host, list(self.registry.pool_targets()))
+            why = f"the rollout's sandbox host {host!r} is {view.status} ({view.reason})"
+            for rec in self.store.live_on_host(host):
+                if rec.state == READY and not self.store.fail_unserved(rec.rollout_id, why):
+                    counts["lost"] += mark_lost(self.store, rec.rollout_id, why, HOST_LOST_REASON)
+                    continue
+                counts["replaced"] += self._provision_elsewhere(rec)
+            if any(counts.values()):
+                log.warning("host %s is %s (%s): %s", host, view.status, view.reason, counts)
+        return counts
+
+    def _provision_elsewhere(self, rec: RolloutRecord) -> bool:
+        """Nothing was served from it: claim a new attempt, which any healthy host may take."""
+        fresh = self.store.get_rollout(rec.rollout_id)
+        if fresh is None or fresh.state not in (PROVISIONING, FAILED):
+            return False
+        won, _, attempt = self.store.claim_provisioning(
+            rec.rollout_id,
+            fresh.environment or DEFAULT_ENVIRONMENT,
+            fresh.item,
+            self.settings.timeouts.provision_stale_s,
+            take_over=fresh.provision_attempt if fresh.state == PROVISIONING else 0,
+        )
+        if won:
+            self.dispatcher.provision(rec.rollout_id, attempt)
+        return won

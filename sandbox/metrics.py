@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 from . import __version__
+from .hosts import STATUSES, HostView
 from .outcomes import OUTCOME_REASONS, TOOLS, InfraReason
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -161,15 +162,7 @@ class StateCollector(Collector):
         for queue, n in sorted(snap["queues"].items()):
             queues.add_metric([queue], n)
         yield queues
-        host_up = GaugeMetricFamily(
-            "sandbox_host_up", "1 when the host's worker beats and its engine answers.", labels=["host"]
-        )
-        for host, ok in sorted(snap["hosts"].items()):
-            host_up.add_metric([host], 1 if ok else 0)
-        yield host_up
-        hosts_up = GaugeMetricFamily("sandbox_hosts_up", "Sandbox hosts up.")
-        hosts_up.add_metric([], sum(1 for ok in snap["hosts"].values() if ok))
-        yield hosts_up
+        yield from _host_gauges(snap["hosts"])
         available = GaugeMetricFamily(
             "sandbox_warm_pool_available", "Pre-started containers ready to be claimed.", labels=["environment", "host"]
         )
@@ -181,6 +174,33 @@ class StateCollector(Collector):
             target.add_metric([env, host], n_target)
         yield available
         yield target
+
+
+def _host_gauges(views: dict[str, HostView]) -> Iterable[GaugeMetricFamily]:
+    host_up = GaugeMetricFamily(
+        "sandbox_host_up", "1 when the host's worker beats and its engine answers.", labels=["host"]
+    )
+    status = GaugeMetricFamily(
+        "sandbox_host_status",
+        "1 for the host's current status (up, full, quarantined, down), 0 for the others.",
+        labels=["host", "status"],
+    )
+    containers = GaugeMetricFamily(
+        "sandbox_host_containers", "Containers on the host (rollouts and warm pool).", labels=["host"]
+    )
+    capacity = GaugeMetricFamily(
+        "sandbox_host_capacity", "Containers the host takes before it is full (0: no cap).", labels=["host"]
+    )
+    for host, view in sorted(views.items()):
+        host_up.add_metric([host], 1 if view.serves else 0)
+        current = view.status
+        for name in STATUSES:
+            status.add_metric([host, name], 1 if name == current else 0)
+        containers.add_metric([host], view.containers)
+        capacity.add_metric([host], view.capacity)
+    hosts_up = GaugeMetricFamily("sandbox_hosts_up", "Sandbox hosts up (serving their rollouts).")
+    hosts_up.add_metric([], sum(1 for view in views.values() if view.serves))
+    yield from (host_up, hosts_up, status, containers, capacity)
 
 
 def multiprocess_dir() -> str | None:

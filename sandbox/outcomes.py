@@ -39,6 +39,7 @@ class InfraReason(StrEnum):
     PROVISION_FAILED = "provision_failed"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     SANDBOX_LOST = "sandbox_lost"
+    HOST_UNAVAILABLE = "host_unavailable"
     QUEUE_TIMEOUT = "queue_timeout"
     WORKER_LOST = "worker_lost"
     STORE_UNAVAILABLE = "store_unavailable"

@@ -46,6 +46,11 @@ class Refiller:
         s = self.settings
         listing = self.backend.list({LABEL_INSTANCE: s.instance, LABEL_HOST: s.host_id, LABEL_ROLE: ROLE_POOL})
         running = {c.name for c in listing if c.running}
+        capacity = s.hosts.capacity
+        # Warm containers count against the host's capacity like rollouts do: never fill past it.
+        room = (
+            capacity - len(self.backend.list({LABEL_INSTANCE: s.instance, LABEL_HOST: s.host_id})) if capacity else None
+        )
         created: dict[str, int] = {}
         for env_name, target in self.registry.pool_targets().items():
             lock = f"{self.store.p}:refilling:{s.host_id}:{env_name}"
@@ -53,13 +58,15 @@ class Refiller:
                 if not self.store.r.set(lock, "1", nx=True, ex=900):
                     continue  # another refill of this pool is under way
             try:
-                created[env_name] = self._refill_one(env_name, target, running)
+                created[env_name] = self._refill_one(env_name, target, running, room)
+                if room is not None:
+                    room -= created[env_name]
             finally:
                 with translate_errors():
                     self.store.r.delete(lock)
         return created
 
-    def _refill_one(self, env_name: str, target: int, running: set[str]) -> int:
+    def _refill_one(self, env_name: str, target: int, running: set[str], room: int | None) -> int:
         host = self.settings.host_id
         alive = []
         for name in self.store.pool_members(env_name, host):
@@ -71,6 +78,8 @@ class Refiller:
             if self.store.pool_remove(env_name, host, name):
                 self._destroy(name)
         missing = target - min(len(alive), target)
+        if room is not None:
+            missing = min(missing, room)
         if missing <= 0:
             return 0
         env = self.registry.get(env_name)

@@ -31,6 +31,7 @@ from .dispatch import Dispatcher
 from .environments import Environment, EnvironmentRegistry, UnknownEnvironment
 from .errors import (
     INFRA_ERRORS_BY_REASON,
+    HostUnavailable,
     InfraError,
     ProvisionFailed,
     QueueTimeout,
@@ -38,6 +39,7 @@ from .errors import (
     SandboxError,
     SandboxLost,
 )
+from .hosts import FULL, UP, FailureWindow, HostView, views
 from .outcomes import InfraReason
 from .preparation import Preparer
 from .store import ENDED_STATES, EXPIRED, FAILED, LOST, PENDING, PROVISIONING, READY, RELEASED, RolloutRecord, Store
@@ -73,7 +75,7 @@ class RolloutService:
         self.dispatcher = dispatcher
         self.settings = settings
         self.registry = registry
-        self._hosts: list[str] = []
+        self._hosts: dict[str, HostView] = {}
         self._hosts_at = -1e9
 
     def pre_provision(self, entries: list[tuple[str, dict[str, Any] | None]]) -> list[dict[str, Any]]:
@@ -101,7 +103,8 @@ class RolloutService:
         The warm claim is a single atomic Redis script, so it needs no worker round trip:
         a burst of first calls on a full pool is answered at the speed of Redis.
         """
-        hosts = self._healthy_hosts()
+        # Warm containers already exist, so a full host may hand them out; a quarantined one may not.
+        hosts = [h for h, v in self.host_views().items() if v.status in (UP, FULL)]
         random.shuffle(hosts)  # spread claims (and the refills they trigger) over the hosts
         claimed = self.store.pool_claim(env_name, hosts, rid) if hosts else None
         if claimed is not None:
@@ -114,12 +117,34 @@ class RolloutService:
         self.dispatcher.provision(rid, attempt)
         return "cold"
 
-    def _healthy_hosts(self) -> list[str]:
+    def host_views(self) -> dict[str, HostView]:
+        """Every host's status, read at most once a second: a burst of calls shares one look-up."""
         now = time.monotonic()
-        if now - self._hosts_at > 2.0:  # a burst of first calls shares one look-up
-            self._hosts = [h for h, info in self.store.hosts().items() if info.get("engine_healthy") == "1"]
+        if now - self._hosts_at > 1.0:
+            self._hosts = views(self.store.hosts())
             self._hosts_at = now
-        return list(self._hosts)
+        return self._hosts
+
+    def _host_lost(self, host: str) -> HostView | None:
+        """The host's view when it is down or lost its engine (its sandboxes are gone), else None."""
+        view = self.host_views().get(host)
+        return view if view is not None and view.lost_its_sandboxes else None
+
+    def _leave_lost_host(self, rec: RolloutRecord, view: HostView) -> None:
+        """A ready rollout on a lost host: provision again if it served nothing, else end it as lost.
+
+        Answering at once beats waiting out the queue deadline for a worker that will not
+        come: the rollout is ended as lost (tainted) and the call gets 503 host_unavailable.
+        """
+        why = f"the rollout's sandbox host {rec.host!r} is {view.status} ({view.reason})"
+        if self.store.fail_unserved(rec.rollout_id, why):
+            return  # the agent saw nothing from it: the caller's loop provisions elsewhere
+        mark_lost(self.store, rec.rollout_id, why, InfraReason.HOST_UNAVAILABLE)
+        raise HostUnavailable(f"{why}; the rollout cannot continue")
+
+    def _host_died(self, rec: RolloutRecord) -> bool:
+        """A provisioning attempt taken by a host that has since gone down or lost its engine."""
+        return bool(rec.provision_host) and self._host_lost(rec.provision_host) is not None
 
     def ensure_ready(self, rid: str, item: dict[str, Any] | None, known: RolloutRecord | None = None) -> RolloutRecord:
         """Return the rollout's record once its container is ready, provisioning it if needed.
@@ -128,8 +153,8 @@ class RolloutService:
         provisioning, the others wait for the same container.
         Raises ProvisionFailed, QueueTimeout, SandboxLost, RolloutReleased, StoreUnavailable.
         """
-        if known is not None and known.state == READY:  # the caller just read it: skip a round trip
-            return known
+        if known is not None and known.state == READY and self._host_lost(known.host) is None:
+            return known  # the caller just read it: skip a round trip
         deadline = time.monotonic() + self.settings.timeouts.provision_s
         waited_on: int | None = None  # the provisioning attempt this caller waits for
         backoff = 0.005
@@ -137,7 +162,12 @@ class RolloutService:
             rec = self.store.get_rollout(rid)
             state = rec.state if rec else None
             if rec is not None and state == READY:
-                return rec
+                lost_host = self._host_lost(rec.host)
+                if lost_host is None:
+                    return rec
+                self._leave_lost_host(rec, lost_host)
+                waited_on = None  # its attempt is void: claim a new one
+                continue
             if rec is not None and state in ENDED_STATES:
                 raise self._ended_error(rec)
             if rec is not None and state == FAILED and waited_on == rec.provision_attempt:
@@ -149,10 +179,15 @@ class RolloutService:
                 and state == PROVISIONING
                 and time.time() - rec.provision_claimed_at > self.settings.timeouts.provision_stale_s
             )
-            if state in (None, PENDING, FAILED) or stale:
+            orphaned = rec is not None and state == PROVISIONING and self._host_died(rec)
+            if state in (None, PENDING, FAILED) or stale or orphaned:
                 env_name = rec.environment if rec is not None and rec.environment else environment_of(item)
                 won, _, attempt = self.store.claim_provisioning(
-                    rid, env_name, item, self.settings.timeouts.provision_stale_s
+                    rid,
+                    env_name,
+                    item,
+                    self.settings.timeouts.provision_stale_s,
+                    take_over=rec.provision_attempt if orphaned and rec is not None else 0,
                 )
                 waited_on = attempt
                 if won:
@@ -206,6 +241,7 @@ class Provisioner:
     semaphore: threading.BoundedSemaphore
     registry: EnvironmentRegistry
     preparer: Preparer
+    failures: FailureWindow | None = None  # engine failures here may quarantine the host
 
     def provision(self, rid: str, attempt: int) -> str:
         """Create the container for one claimed attempt. Returns what happened.
@@ -213,6 +249,10 @@ class Provisioner:
         Safe to run twice (acks_late): the container name is derived from the rollout id,
         so a second run adopts what the first made.
         """
+        # Taking the attempt names this host on the record: if the host dies now, waiters
+        # see it and provision elsewhere instead of waiting out the stale deadline.
+        if not self.store.set_provision_host(rid, attempt, self.settings.host_id):
+            return "skipped"
         rec = self.store.get_rollout(rid)
         if rec is None or rec.state != PROVISIONING or rec.provision_attempt != attempt:
             return "skipped"
@@ -225,6 +265,7 @@ class Provisioner:
                 container_id = self.backend.create(self._spec(name, rec, env, image))
                 self.backend.wait_ready(name, READY_TIMEOUT_S)
         except InfraError as exc:
+            self._engine_result(ok=False)
             return self._failed(rid, attempt, name, exc.message, started, exc.reason.value)
         except UnknownEnvironment as exc:
             return self._failed(rid, attempt, name, exc.message, started)
@@ -236,9 +277,14 @@ class Provisioner:
             if now is None or now.state != PROVISIONING:  # released meanwhile: nobody will use it
                 self.backend.destroy(name)
             return "superseded"
+        self._engine_result(ok=True)
         metrics.PROVISIONS.labels("cold", "ok").inc()
         metrics.PROVISION_DURATION.labels("cold", "ok").observe(time.monotonic() - started)
         return "ready"
+
+    def _engine_result(self, ok: bool) -> None:
+        if self.failures is not None:
+            self.failures.record(ok)
 
     def _failed(
         self, rid: str, attempt: int, name: str, message: str, started: float, reason: str = "provision_failed"
@@ -290,7 +336,7 @@ def taint(store: Store, rid: str, reason: str) -> None:
         metrics.ROLLOUTS_TAINTED.labels(reason).inc()
 
 
-def mark_lost(store: Store, rid: str, reason: str) -> bool:
-    """A sandbox that served results vanished: end the rollout as lost (and tainted), once."""
-    taint(store, rid, InfraReason.SANDBOX_LOST.value)
+def mark_lost(store: Store, rid: str, reason: str, cause: InfraReason = InfraReason.SANDBOX_LOST) -> bool:
+    """A sandbox that served results vanished (or its host did): end the rollout as lost (and tainted), once."""
+    taint(store, rid, cause.value)
     return end_rollout(store, rid, LOST, reason, "lost")

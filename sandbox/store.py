@@ -9,8 +9,9 @@ Keys (prefix `P` = settings.key_prefix):
   P:ro:{rid}:inflight   hash   call_id -> claim time, while a call runs
   P:live                zset   rid -> last used time, rollouts that hold or await a container
   P:created             zset   rid -> creation time, same members, for the max lifetime
-  P:host:{id}           hash   a sandbox host's registration, expires without heartbeats
-  P:hosts               set    host ids ever registered
+  P:host:{id}           hash   a sandbox host's registration, renewed by its heartbeat (hosts.py
+                               judges it); kept a day after the last beat so a dead host shows
+  P:hosts               set    host ids with a registration
   P:reply:{id}          list   a worker's reply to one dispatched task
   P:started:{id}        string set when a worker starts a dispatched task
 State transitions are Lua scripts, so racing API replicas and workers see one order.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +30,14 @@ import redis
 
 from .calls import CallResult
 from .errors import StoreUnavailable
+from .hosts import views as host_views
 from .outcomes import Outcome
 
 # Rollout states. `pending`: known (a call was recorded) but no container asked for yet.
 PENDING, PROVISIONING, READY, FAILED = "pending", "provisioning", "ready", "failed"
 RELEASED, EXPIRED, LOST = "released", "expired", "lost"
 LIVE_STATES = (PROVISIONING, READY)
+HOST_RECORD_TTL_S = 86400
 ENDED_STATES = (RELEASED, EXPIRED, LOST)
 
 
@@ -56,6 +59,7 @@ class RolloutRecord:
     provision_claimed_at: float = 0.0
     provision_error: str = ""
     provision_error_reason: str = ""
+    provision_host: str = ""  # the host whose worker took the current provisioning attempt
     tainted: bool = False
     taint_reason: str = ""
     served: bool = False  # a call ran in the sandbox and the agent saw its result
@@ -83,6 +87,7 @@ class RolloutRecord:
             provision_claimed_at=f("provision_claimed_at"),
             provision_error=h.get("provision_error", ""),
             provision_error_reason=h.get("provision_error_reason", ""),
+            provision_host=h.get("provision_host", ""),
             tainted=h.get("tainted") == "1",
             served=h.get("served") == "1",
             taint_reason=h.get("taint_reason", ""),
@@ -131,6 +136,8 @@ local claimable = (not state) or state == 'pending' or state == 'failed'
 if state == 'provisioning' then
   local claimed = tonumber(redis.call('HGET', KEYS[1], 'provision_claimed_at') or '0')
   if now - claimed > tonumber(ARGV[2]) then claimable = true end
+  -- The caller saw this attempt's host die: take it over (only once, the attempt moves on).
+  if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'provision_attempt') == ARGV[6] then claimable = true end
 end
 if not claimable then
   return {0, state, tonumber(redis.call('HGET', KEYS[1], 'provision_attempt') or '0')}
@@ -143,7 +150,7 @@ elseif redis.call('ZSCORE', KEYS[3], ARGV[5]) == false then
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'provision_attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'provisioning', 'provision_claimed_at', ARGV[1], 'last_used_at', ARGV[1],
-           'provision_error', '')
+           'provision_error', '', 'provision_host', '')
 redis.call('ZADD', KEYS[2], now, ARGV[5])
 return {1, 'provisioning', attempt}
 """
@@ -167,6 +174,14 @@ redis.call('ZREM', KEYS[3], ARGV[3])
 return 1
 """
 
+# A worker took provisioning attempt ARGV[2]: record its host, so waiters notice if that host dies.
+_PROVISION_HOST = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'provisioning' then return 0 end
+if redis.call('HGET', KEYS[1], 'provision_attempt') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'provision_host', ARGV[1])
+return 1
+"""
+
 # Any live state -> an ended state. `lost` taints: the agent had a sandbox and it vanished.
 # Returns the previous state ('' when nothing changed).
 _END = """
@@ -174,9 +189,9 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return '' end
 if state == 'released' or state == 'expired' or state == 'lost' then return '' end
 local fields = {'state', ARGV[1], 'ended_at', ARGV[2], 'end_reason', ARGV[3]}
-if ARGV[1] == 'lost' then
+if ARGV[1] == 'lost' and redis.call('HGET', KEYS[1], 'tainted') ~= '1' then
   table.insert(fields, 'tainted'); table.insert(fields, '1')
-  table.insert(fields, 'taint_reason'); table.insert(fields, ARGV[3])
+  table.insert(fields, 'taint_reason'); table.insert(fields, 'sandbox_lost')
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREM', KEYS[5], ARGV[5])
@@ -254,6 +269,7 @@ class Store:
         self._taint = client.register_script(_TAINT)
         self._pool_claim = client.register_script(_POOL_CLAIM)
         self._unserve = client.register_script(_UNSERVE)
+        self._provision_host = client.register_script(_PROVISION_HOST)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, retention_s: float, max_connections: int = 1024) -> Store:
@@ -304,15 +320,22 @@ class Store:
             self._ensure(keys=[self.k_rollout(rid)], args=[time.time(), environment, _dump_item(item)])
 
     def claim_provisioning(
-        self, rid: str, environment: str, item: dict[str, Any] | None, stale_s: float
+        self, rid: str, environment: str, item: dict[str, Any] | None, stale_s: float, take_over: int = 0
     ) -> tuple[bool, str, int]:
-        """Try to become the one caller that provisions `rid`: (won, state, attempt)."""
+        """Try to become the one caller that provisions `rid`: (won, state, attempt).
+
+        `take_over`: an attempt whose host is known dead; it may be claimed again at once.
+        """
         with translate_errors():
             won, state, attempt = self._claim(
                 keys=[self.k_rollout(rid), self.k_live, self.k_created],
-                args=[time.time(), stale_s, environment, _dump_item(item), rid],
+                args=[time.time(), stale_s, environment, _dump_item(item), rid, take_over or ""],
             )
         return bool(won), str(state), int(attempt)
+
+    def set_provision_host(self, rid: str, attempt: int, host: str) -> bool:
+        with translate_errors():
+            return bool(self._provision_host(keys=[self.k_rollout(rid)], args=[host, attempt]))
 
     def mark_ready(self, rid: str, attempt: int, host: str, container_id: str, container_name: str) -> bool:
         with translate_errors():
@@ -389,7 +412,7 @@ class Store:
             key = (rec.state, rec.host or "unplaced")
             live[key] = live.get(key, 0) + 1
             backlog += rec.state == PROVISIONING
-        hosts = {h: info.get("engine_healthy") == "1" for h, info in self.hosts().items()}
+        hosts = host_views(self.hosts())
         for host in hosts:
             live.setdefault((READY, host), 0)
         live.setdefault((PROVISIONING, "unplaced"), 0)
@@ -404,7 +427,7 @@ class Store:
         pools = self.pool_sizes(hosts, pool_targets or {})
         return {"live": live, "backlog": backlog, "queues": queues, "hosts": hosts, "pools": pools}
 
-    def pool_sizes(self, hosts: dict[str, bool], targets: dict[str, int]) -> dict[tuple[str, str], tuple[int, int]]:
+    def pool_sizes(self, hosts: Iterable[str], targets: dict[str, int]) -> dict[tuple[str, str], tuple[int, int]]:
         """(available, target) warm containers per (environment, host)."""
         pairs = [(env, host) for env in targets for host in hosts]
         with translate_errors():
@@ -537,28 +560,51 @@ class Store:
             return bool(self.r.exists(self.k_started(reply_id)))
 
     # --- hosts ---
-    def register_host(self, host_id: str, info: dict[str, Any], ttl_s: int) -> None:
-        key = f"{self.p}:host:{host_id}"
+    def k_host(self, host_id: str) -> str:
+        return f"{self.p}:host:{host_id}"
+
+    def register_host(self, host_id: str, info: dict[str, Any]) -> None:
+        """A worker's heartbeat. The record outlives the worker by a day, so a dead host shows as down."""
         with translate_errors():
             pipe = self.r.pipeline(transaction=True)
-            pipe.hset(key, mapping={k: str(v) for k, v in info.items()} | {"heartbeat_at": str(time.time())})
-            pipe.expire(key, ttl_s)
+            pipe.hset(
+                self.k_host(host_id), mapping={k: str(v) for k, v in info.items()} | {"heartbeat_at": str(time.time())}
+            )
+            pipe.expire(self.k_host(host_id), HOST_RECORD_TTL_S)
             pipe.sadd(f"{self.p}:hosts", host_id)
             pipe.execute()
 
-    def unregister_host(self, host_id: str) -> None:
-        with translate_errors():
-            self.r.delete(f"{self.p}:host:{host_id}")
-
     def hosts(self) -> dict[str, dict[str, str]]:
-        """Registered hosts with a live heartbeat."""
+        """Every host's latest registration, alive or not (hosts.views judges them)."""
         with translate_errors():
             ids = sorted(self.r.smembers(f"{self.p}:hosts"))
             pipe = self.r.pipeline(transaction=False)
             for host_id in ids:
-                pipe.hgetall(f"{self.p}:host:{host_id}")
+                pipe.hgetall(self.k_host(host_id))
             infos = pipe.execute()
+            gone = [h for h, info in zip(ids, infos, strict=True) if not info]
+            if gone:  # silent for a day: forget it
+                self.r.srem(f"{self.p}:hosts", *gone)
         return {h: info for h, info in zip(ids, infos, strict=True) if info}
+
+    def mark_host_swept(self, host_id: str, heartbeat_at: str) -> bool:
+        """Remember that a down host's rollouts were ended, once per outage: False if done already."""
+        with translate_errors():
+            return bool(self.r.set(f"{self.p}:swept:{host_id}:{heartbeat_at}", "1", nx=True, ex=HOST_RECORD_TTL_S))
+
+    def live_on_host(self, host_id: str) -> list[RolloutRecord]:
+        """Live rollouts whose container is on `host_id`, or whose provisioning that host took."""
+        return [
+            r
+            for r in self.live_rollouts()
+            if r.host == host_id or (r.state == PROVISIONING and r.provision_host == host_id)
+        ]
+
+    def drop_pools_of(self, host_id: str, environments: list[str]) -> None:
+        """A lost host's warm containers are gone with it: never hand them out."""
+        with translate_errors():
+            if environments:
+                self.r.delete(*[self.k_pool(env, host_id) for env in environments])
 
     def ping(self) -> None:
         with translate_errors():

@@ -85,6 +85,49 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class DockerEngine:
+    """A dockerd of the test's own (socket, data root, exec root, pidfile), so a test may stop it."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="sbxp-", dir="/tmp"))
+        self.sock = f"unix://{self.dir}/docker.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.dir / "dockerd.log", "ab")  # noqa: SIM115 - lives as long as the daemon
+        self.proc = subprocess.Popen(
+            ["dockerd", "-H", self.sock, "--data-root", str(self.dir / "data"), "--exec-root", str(self.dir / "exec"),
+             "--pidfile", str(self.dir / "docker.pid"), "--bridge=none", "--iptables=false", "--ip-masq=false"],
+            stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while subprocess.run(["docker", "-H", self.sock, "info"], capture_output=True).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((self.dir / "dockerd.log").read_text()[-2000:])
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+        self.proc = None
+
+    def load_image(self, image: str) -> None:
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "-H", self.sock, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
+        assert save.wait() == 0
+
+    def close(self) -> None:
+        if self.proc is None:
+            self.start()  # to remove what it holds cleanly
+        ids = subprocess.run(["docker", "-H", self.sock, "ps", "-aq"], capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", "-H", self.sock, "rm", "-f", *ids], capture_output=True)
+        self.stop()
+        subprocess.run(["umount", "-R", str(self.dir / "exec")], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Stack:
     def __init__(self, redis_url: str, **overrides: str) -> None:
         self.session = uuid.uuid4().hex[:8]
@@ -127,6 +170,7 @@ class Stack:
         self.logs.mkdir()
         self.api_proc: subprocess.Popen[bytes] | None = None
         self.worker_proc: subprocess.Popen[bytes] | None = None
+        self.host_procs: dict[str, subprocess.Popen[bytes]] = {}
         self.base = f"http://127.0.0.1:{self.api_port}"
         self.http = httpx.Client(
             base_url=f"http://127.0.0.1:{self.api_port}",
@@ -146,11 +190,11 @@ class Stack:
         return r
 
     # --- processes ---
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         return subprocess.Popen(
             [sys.executable, "-m", "sandbox.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=ROOT,
             stdout=log,
             stderr=log,
@@ -162,6 +206,18 @@ class Stack:
             "worker",
             ["worker", "--beat", "--beat-schedule", str(self.run_dir / "beat-schedule"), "--log-level", "warning"],
         )
+
+    def start_host(self, host_id: str, docker_host: str, metrics_port: int) -> None:
+        """Another sandbox host: a worker (no beat) for another Docker engine, under its own host id."""
+        env = {
+            "SANDBOX_HOST_ID": host_id,
+            "SANDBOX_DOCKER_HOST": docker_host,
+            "SANDBOX_WORKER_METRICS_PORT": str(metrics_port),
+        }
+        self.host_procs[host_id] = self._spawn(f"worker-{host_id}", ["worker", "--log-level", "warning"], env)
+
+    def stop_host(self, host_id: str) -> None:
+        self._stop(self.host_procs.pop(host_id, None))
 
     def start_api(self) -> None:
         self.api_proc = self._spawn("api", ["api", "--port", str(self.api_port), "--log-level", "warning"])
@@ -221,6 +277,8 @@ class Stack:
     def close(self) -> None:
         self._stop(self.api_proc)
         self._stop(self.worker_proc)
+        for proc in self.host_procs.values():
+            self._stop(proc)
         self.http.close()
         try:
             for c in self.docker.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.session}"}):

@@ -40,6 +40,11 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": 5.0,
                 "options": {"queue": settings.maintenance_queue, "expires": 5.0},
             },
+            "watch-hosts": {
+                "task": "sandbox.watch_hosts",
+                "schedule": settings.hosts.heartbeat_s,
+                "options": {"queue": settings.maintenance_queue, "expires": settings.hosts.heartbeat_s},
+            },
             "reconcile": {
                 "task": "sandbox.reconcile_all",
                 "schedule": settings.lifecycle.reaper_interval_s,

@@ -31,12 +31,12 @@ class CeleryDispatcher:
         self.settings = settings
         self.store = store
 
-    def provision(self, rollout_id: str, attempt: int) -> None:
+    def provision(self, rollout_id: str, attempt: int, host: str = "") -> None:
         with _broker_errors():
             self.app.send_task(
                 "sandbox.provision",
-                kwargs={"rollout_id": rollout_id, "attempt": attempt},
-                queue=self.settings.provision_queue,
+                kwargs={"rollout_id": rollout_id, "attempt": attempt, "placed": bool(host)},
+                queue=host_queue_name(self.settings.instance, host) if host else self.settings.provision_queue,
                 retry_policy=RETRY_POLICY,
             )
 

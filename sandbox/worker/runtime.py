@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from functools import cached_property
 
 from .. import metrics
+from ..backends.base import LABEL_HOST, LABEL_INSTANCE
 from ..backends.docker import DockerBackend
 from ..config import Settings, get_settings
 from ..environments import EnvironmentRegistry
 from ..errors import InfraError
 from ..execution import Executor
-from ..lifecycle import Reaper, Reconciler
+from ..hosts import FailureWindow, HostView, pick_host, views
+from ..lifecycle import HostWatch, Reaper, Reconciler
 from ..pools import Refiller
 from ..preparation import Preparer
 from ..rollouts import Provisioner
@@ -22,14 +23,15 @@ from ..store import Store
 from .dispatch import CeleryDispatcher
 
 log = logging.getLogger(__name__)
-HEARTBEAT_S = 5.0
-HEARTBEAT_TTL_S = 20
 
 
 class WorkerRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._stop = threading.Event()
+        self._started_at = time.time()
+        self._views: dict[str, HostView] = {}
+        self._views_at = -1e9
 
     @cached_property
     def store(self) -> Store:
@@ -72,7 +74,9 @@ class WorkerRuntime:
 
     @cached_property
     def provisioner(self) -> Provisioner:
-        return Provisioner(self.store, self.backend, self.settings, self.creation_slots, self.registry, self.preparer)
+        return Provisioner(
+            self.store, self.backend, self.settings, self.creation_slots, self.registry, self.preparer, self.failures
+        )
 
     @cached_property
     def refiller(self) -> Refiller:
@@ -80,7 +84,7 @@ class WorkerRuntime:
 
     @cached_property
     def executor(self) -> Executor:
-        return Executor(self.store, self.backend, self.settings)
+        return Executor(self.store, self.backend, self.settings, self.failures)
 
     @cached_property
     def reaper(self) -> Reaper:
@@ -90,38 +94,75 @@ class WorkerRuntime:
     def reconciler(self) -> Reconciler:
         return Reconciler(self.store, self.backend, self.settings, self.registry)
 
+    @cached_property
+    def host_watch(self) -> HostWatch:
+        return HostWatch(self.store, self.dispatcher, self.settings, self.registry)
+
+    def placement_elsewhere(self) -> str | None:
+        """Where a new rollout should go instead of here, or None to take it here.
+
+        Here is fine unless this host is quarantined (its engine, or a failure spike seen
+        just now) or full, and another host takes new rollouts.
+        """
+        now = time.time()
+        if now - self._views_at > 1.0:  # a burst of provisioning tasks shares one look-up
+            self._views, self._views_at = views(self.store.hosts(), now), now
+        me = self._views.get(self.settings.host_id)
+        spiking = self.failures.quarantined_until() > now
+        if me is None or (me.takes_new_rollouts and not spiking):
+            return None
+        return pick_host(list(self._views.values()), exclude=self.settings.host_id)
+
+    @cached_property
+    def failures(self) -> FailureWindow:
+        h = self.settings.hosts
+        return FailureWindow(h.failure_window_s, h.failure_min, h.failure_ratio, h.quarantine_s)
+
+    def registration(self) -> dict[str, object]:
+        """What this host tells everyone else (hosts.HostView reads it)."""
+        h = self.settings.hosts
+        try:
+            self.backend.ping()
+            containers = len(
+                self.backend.list({LABEL_INSTANCE: self.settings.instance, LABEL_HOST: self.settings.host_id})
+            )
+            healthy = "1"
+        except InfraError:
+            containers, healthy = 0, "0"
+        return {
+            "queue": self.settings.host_queue,
+            "engine_healthy": healthy,
+            "capacity": h.capacity,
+            "containers": containers,
+            "quarantined_until": self.failures.quarantined_until(),
+            "down_after_s": h.heartbeat_s * h.down_after_beats,
+            "started_at": self._started_at,
+        }
+
     def start_heartbeat(self) -> None:
-        """Register this host in Redis and keep it fresh; placement and /readyz read it."""
+        """Register this host in Redis and keep it fresh; placement, /readyz and metrics read it."""
 
         def beat() -> None:
             while not self._stop.is_set():
+                info = self.registration()
                 try:
-                    self.backend.ping()
-                    healthy = "1"
-                except InfraError:
-                    healthy = "0"
-                try:
-                    self.store.register_host(
-                        self.settings.host_id,
-                        {
-                            "queue": self.settings.host_queue,
-                            "engine_healthy": healthy,
-                            "capacity": self.settings.worker_concurrency,
-                            "started_at": self._started_at,
-                        },
-                        HEARTBEAT_TTL_S,
-                    )
+                    self.store.register_host(self.settings.host_id, info)
                 except InfraError:
                     log.warning("cannot register host %s: state store unavailable", self.settings.host_id)
-                self._stop.wait(HEARTBEAT_S)
+                self._stop.wait(self.settings.hosts.heartbeat_s)
 
         self._started_at = time.time()
         threading.Thread(target=beat, name="host-heartbeat", daemon=True).start()
 
+    def own_view(self) -> HostView | None:
+        """This host as the others see it (its last registration), or None before the first beat."""
+        info = self.store.hosts().get(self.settings.host_id)
+        return HostView(self.settings.host_id, info, time.time()) if info else None
+
     def stop(self) -> None:
+        # The registration stays: a restarting worker is not a dead host. One that never
+        # comes back turns `down` when its heartbeats stop (hosts.py).
         self._stop.set()
-        with contextlib.suppress(InfraError):
-            self.store.unregister_host(self.settings.host_id)
 
 
 _runtime: WorkerRuntime | None = None

@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 
 from .. import metrics
 from ..errors import InfraError
+from ..hosts import views as host_views
 from .app import celery_app
 from .runtime import runtime
 
@@ -18,9 +19,17 @@ log = logging.getLogger(__name__)
 
 
 @celery_app.task(name="sandbox.provision", acks_late=True)
-def provision(rollout_id: str, attempt: int) -> str:
+def provision(rollout_id: str, attempt: int, placed: bool = False) -> str:
     # acks_late: if this worker dies mid-way the task is redelivered; it adopts the container by name.
-    return runtime().provisioner.provision(rollout_id, attempt)
+    rt = runtime()
+    if not placed:
+        # Every host pulls from the shared queue; one that may not take new rollouts
+        # (quarantined, full) hands the work to the host with the most room, if any.
+        target = rt.placement_elsewhere()
+        if target is not None:
+            rt.dispatcher.provision(rollout_id, attempt, host=target)
+            return f"placed on {target}"
+    return rt.provisioner.provision(rollout_id, attempt)
 
 
 @celery_app.task(name="sandbox.execute", acks_late=False)
@@ -53,10 +62,17 @@ def reap() -> int:
 
 def _to_every_host(send: Callable[[str], None]) -> int:
     """Beat runs in one place; work on containers must run on each host's own queue."""
-    hosts = runtime().store.hosts()
-    for host_id in hosts:
+    serving = [h for h, view in host_views(runtime().store.hosts()).items() if view.serves]
+    for host_id in serving:
         send(host_id)
-    return len(hosts)
+    return len(serving)
+
+
+@celery_app.task(name="sandbox.watch_hosts")
+def watch_hosts() -> dict[str, int]:
+    """End the rollouts of hosts that went down or lost their engine; re-place their provisioning."""
+    rt = runtime()
+    return rt.host_watch.sweep()
 
 
 @celery_app.task(name="sandbox.reconcile_all")

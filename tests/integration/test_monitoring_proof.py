@@ -25,54 +25,11 @@ import httpx
 import pytest
 import yaml
 
-from tests.stack import ROOT, RedisServer, Stack, free_port, wait_until
+from tests.stack import ROOT, DockerEngine, RedisServer, Stack, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 MONITORING = ROOT / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "training-health.json"
-
-
-class SecondEngine:
-    """A second dockerd with its own socket, data root, exec root and pidfile."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="sbxp-", dir="/tmp"))
-        self.sock = f"unix://{self.dir}/docker.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.dir / "dockerd.log", "ab")  # noqa: SIM115 - lives as long as the daemon
-        self.proc = subprocess.Popen(
-            ["dockerd", "-H", self.sock, "--data-root", str(self.dir / "data"), "--exec-root", str(self.dir / "exec"),
-             "--pidfile", str(self.dir / "docker.pid"), "--bridge=none", "--iptables=false", "--ip-masq=false"],
-            stdout=log, stderr=log, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while subprocess.run(["docker", "-H", self.sock, "info"], capture_output=True).returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((self.dir / "dockerd.log").read_text()[-2000:])
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
-        self.proc = None
-
-    def load_image(self, image: str) -> None:
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "-H", self.sock, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
-        assert save.wait() == 0
-
-    def close(self) -> None:
-        if self.proc is None:
-            self.start()  # to remove what it holds cleanly
-        ids = subprocess.run(["docker", "-H", self.sock, "ps", "-aq"], capture_output=True, text=True).stdout.split()
-        if ids:
-            subprocess.run(["docker", "-H", self.sock, "rm", "-f", *ids], capture_output=True)
-        self.stop()
-        subprocess.run(["umount", "-R", str(self.dir / "exec")], capture_output=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Prometheus:
@@ -128,8 +85,8 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def proof() -> Iterator[tuple[Stack, SecondEngine, Prometheus]]:
-    engine = SecondEngine()
+def proof() -> Iterator[tuple[Stack, DockerEngine, Prometheus]]:
+    engine = DockerEngine()
     engine.start()
     redis_server = RedisServer()
     redis_server.start()
@@ -157,7 +114,7 @@ def proof() -> Iterator[tuple[Stack, SecondEngine, Prometheus]]:
         redis_server.close()
 
 
-def test_prometheus_tells_infra_from_model_exactly(proof: tuple[Stack, SecondEngine, Prometheus]) -> None:
+def test_prometheus_tells_infra_from_model_exactly(proof: tuple[Stack, DockerEngine, Prometheus]) -> None:
     stack, engine, prom = proof
     tag = uuid.uuid4().hex[:6]
     rollouts = [f"proof-{tag}-{i}" for i in range(6)]
@@ -205,19 +162,20 @@ def test_prometheus_tells_infra_from_model_exactly(proof: tuple[Stack, SecondEng
     assert ok(stack.shell(rollouts[4], "echo back"))
 
     # Infra faults 4 and 5: the engine stopped. A live rollout's call fails as engine_unavailable,
-    # or as sandbox_lost if the reconciler saw its stopped container first (both are infra, and
-    # which one is a race); a new rollout cannot be provisioned: engine_unavailable.
+    # as sandbox_lost if the reconciler saw its stopped container first, or as host_unavailable
+    # if the heartbeat already quarantined the host (all infra; which one is a race); a new
+    # rollout cannot be provisioned: engine_unavailable.
     engine.stop()
     r = stack.shell(rollouts[4], "echo engine down")
     live_reason = r.json()["error"]["code"]
-    assert r.status_code == 503 and live_reason in ("engine_unavailable", "sandbox_lost")
+    assert r.status_code == 503 and live_reason in ("engine_unavailable", "sandbox_lost", "host_unavailable")
     r = stack.shell(f"proof-{tag}-new", "echo engine down")
     assert (r.status_code, r.json()["error"]["code"]) == (503, "engine_unavailable")
     engine.start()
     wait_until(lambda: stack.http.get("/readyz").status_code == 200)
     assert ok(stack.shell(f"proof-{tag}-after", "echo new rollout after the engine came back"))
     infra = {"sandbox_lost": 2, "worker_lost": 1, "engine_unavailable": 1}
-    infra[live_reason] += 1
+    infra[live_reason] = infra.get(live_reason, 0) + 1
 
     # Prometheus counts exactly what was injected.
     def counts(outcome: str) -> dict[str, float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import anyio
@@ -12,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ... import metrics
 from ...errors import InfraError
+from ...hosts import FULL, UP, views
 from ..context import ApiContext
 
 router = APIRouter()
@@ -24,7 +24,10 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when Redis, the broker and at least one healthy sandbox host answer."""
+    """Ready when Redis, the broker and at least one sandbox host (up or full) answer.
+
+    The details name every host with its status (up, full, quarantined, down) and why.
+    """
     ctx: ApiContext = request.app.state.ctx
 
     def check() -> dict[str, Any]:
@@ -41,21 +44,17 @@ async def readyz(request: Request) -> JSONResponse:
         except Exception as exc:  # kombu raises many kinds; any of them means not ready
             checks["broker"] = f"unavailable: {exc}"
         try:
-            hosts = ctx.store.hosts()
+            hosts = views(ctx.store.hosts())
         except InfraError:
             hosts = {}
-        checks["hosts"] = {
-            h: {
-                "engine_healthy": info.get("engine_healthy") == "1",
-                "heartbeat_age_s": round(time.time() - float(info.get("heartbeat_at", 0)), 1),
-            }
-            for h, info in hosts.items()
-        }
+        checks["hosts"] = {h: view.public() for h, view in hosts.items()}
+        checks["hosts_taking_new_rollouts"] = sorted(h for h, view in hosts.items() if view.takes_new_rollouts)
         return checks
 
     checks = await anyio.to_thread.run_sync(check, limiter=ctx.limiter)
-    healthy_hosts = [h for h, v in checks["hosts"].items() if v["engine_healthy"]]
-    ready = checks["store"] == "ok" and checks["broker"] == "ok" and bool(healthy_hosts)
+    # Ready while some host serves; a quarantined or down host is shown, not fatal, unless it is the last.
+    serving = [h for h, v in checks["hosts"].items() if v["status"] in (UP, FULL)]
+    ready = checks["store"] == "ok" and checks["broker"] == "ok" and bool(serving)
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
