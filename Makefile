@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: up down test unit integration lint deps image monitoring-test bench
+.PHONY: up down test unit integration lint deps image monitoring-test bench bench-hosts
 
 up:
 	@bash deploy/up.sh
@@ -28,6 +28,11 @@ monitoring-test: deps
 # The burst benchmark against the `make up` stack; writes docs/benchmarks.{md,json}.
 bench: up
 	$(VENV)/sandbox bench burst
+
+# One sandbox host against two in the same run (a second dockerd of its own), and a host
+# stopped under live rollouts; writes docs/scaling.json. Stops nothing it did not start.
+bench-hosts: deps
+	$(VENV)/python -m tests.bench_hosts
 
 unit:
 	$(VENV)/pytest -q tests/unit

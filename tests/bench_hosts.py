@@ -1,0 +1,184 @@
+"""One sandbox host against two, in the same run, and what a host stop does to live rollouts.
+
+`python -m tests.bench_hosts [--rollouts N]` (or `make bench-hosts`) builds the same stack
+as the two-host integration test (a private Redis, the API, host A on this machine's
+engine with beat, host B on a dockerd of its own) and measures:
+
+1. one host: N new rollouts at once (each: first call `echo`, then 3 more calls);
+   rollouts/s is N over the time until the last first call answered, calls/s over all calls;
+2. two hosts: the same with host B's worker added, and how many rollouts each host took;
+3. a host stop: N rollouts calling in a loop over both hosts, host B's engine stopped;
+   every answer is counted by status and code, and the time until every rollout of B is
+   ended (lost) is measured. Redis commands per tool call and Redis CPU are read from
+   INFO, to show how far the store is from being the bottleneck.
+
+Prints a table and writes docs/scaling.json. Needs what `make deps` installs; run as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.stack import ROOT, DockerEngine, RedisServer, Stack, free_port, wait_until
+
+CALLS = ["echo first", "ls -la", "grep -c root /etc/passwd", "cat /etc/os-release"]
+
+
+def redis_counters(url: str) -> tuple[int, float]:
+    info = redis.Redis.from_url(url).info()
+    return int(info["total_commands_processed"]), float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def host_of(stack: Stack, rid: str) -> str:
+    return str(stack.http.get(f"/v1/rollouts/{rid}").json().get("host"))
+
+
+def burst(stack: Stack, n: int, tag: str) -> dict[str, Any]:
+    """N rollouts at once, each making len(CALLS) calls in sequence."""
+    rids = [f"bh-{tag}-{i}" for i in range(n)]
+    first_done: list[float] = []
+    codes: Counter[str] = Counter()
+    lock = threading.Lock()
+    commands0, cpu0 = redis_counters(stack.redis_url)
+    start = time.monotonic()
+
+    def one(rid: str) -> None:
+        for i, command in enumerate(CALLS):
+            r = stack.shell(rid, command)
+            with lock:
+                codes["200 ok" if r.status_code == 200 else f"{r.status_code} {r.json()['error']['code']}"] += 1
+                if i == 0:
+                    first_done.append(time.monotonic() - start)
+            if r.status_code != 200:
+                return
+
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(one, rids))
+    makespan = time.monotonic() - start
+    commands1, cpu1 = redis_counters(stack.redis_url)
+    calls = sum(codes.values())
+    per_host = Counter(host_of(stack, rid) for rid in rids)
+    for rid in rids:
+        stack.http.delete(f"/v1/rollouts/{rid}")
+    provisioned_s = max(first_done)
+    return {
+        "rollouts": n,
+        "all_first_calls_answered_s": round(provisioned_s, 2),
+        "rollouts_per_s": round(n / provisioned_s, 2),
+        "makespan_s": round(makespan, 2),
+        "calls_per_s": round(calls / makespan, 1),
+        "answers": dict(codes),
+        "rollouts_per_host": dict(per_host),
+        "redis_commands_per_call": round((commands1 - commands0) / max(calls, 1), 1),
+        "redis_cpu_ms_per_call": round((cpu1 - cpu0) * 1000 / max(calls, 1), 2),
+    }
+
+
+def host_stop(stack: Stack, engine_b: DockerEngine, n: int, tag: str) -> dict[str, Any]:
+    """N rollouts calling in a loop over both hosts; host B's engine stops under them."""
+    rids = [f"bh-{tag}-stop-{i}" for i in range(n)]
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(lambda rid: stack.shell(rid, "echo first"), rids))
+    on_b = [rid for rid in rids if host_of(stack, rid) == "host-b"]
+    answers: dict[str, Counter[str]] = {"host-a": Counter(), "host-b": Counter()}
+    lock = threading.Lock()
+    stop = threading.Event()
+    b_set = set(on_b)
+
+    def loop(rid: str) -> None:
+        host = "host-b" if rid in b_set else "host-a"
+        while not stop.is_set():
+            r = stack.shell(rid, "echo tick")
+            with lock:
+                answers[host]["200 ok" if r.status_code == 200 else f"{r.status_code} {r.json()['error']['code']}"] += 1
+            if r.status_code != 200:
+                return  # a trainer discards the rollout after an infra failure
+
+    threads = [threading.Thread(target=loop, args=(rid,)) for rid in rids]
+    for t in threads:
+        t.start()
+    time.sleep(3.0)
+    stopped = time.monotonic()
+    engine_b.stop()
+    stop_took = time.monotonic() - stopped
+
+    def all_lost() -> bool:
+        return all(stack.http.get(f"/v1/rollouts/{rid}").json()["state"] == "lost" for rid in on_b)
+
+    wait_until(all_lost, timeout_s=120, interval_s=0.2)
+    all_lost_s = time.monotonic() - stopped
+    time.sleep(3.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    return {
+        "rollouts": n,
+        "on_host_b": len(on_b),
+        "engine_stop_took_s": round(stop_took, 2),
+        "all_of_b_ended_lost_after_s": round(all_lost_s, 2),
+        "answers_host_a": dict(answers["host-a"]),
+        "answers_host_b": dict(answers["host-b"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rollouts", type=int, default=60)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "scaling.json"))
+    args = parser.parse_args()
+    engine_b = DockerEngine()
+    engine_b.start()
+    redis_server = RedisServer()
+    redis_server.start()
+    stack: Stack | None = None
+    result: dict[str, Any] = {"cores": os.cpu_count(), "rollouts": args.rollouts}
+    try:
+        engine_b.load_image("rollout-sandbox:bookworm")
+        stack = Stack(
+            redis_server.url,
+            SANDBOX_HOST_ID="host-a",
+            SANDBOX_HOSTS__HEARTBEAT_S="1",
+            SANDBOX_HOSTS__DOWN_AFTER_BEATS="3",
+            SANDBOX_WORKER_CONCURRENCY="128",
+        )
+        stack.start()
+        tag = uuid.uuid4().hex[:6]
+        print(f"one host: {args.rollouts} rollouts x {len(CALLS)} calls ...", flush=True)
+        result["one_host"] = burst(stack, args.rollouts, f"{tag}-one")
+        print(json.dumps(result["one_host"]), flush=True)
+        stack.start_host("host-b", engine_b.sock, free_port())
+        wait_until(lambda: stack.http.get("/readyz").json()["checks"]["hosts"].get("host-b", {}).get("status") == "up")
+        print(f"two hosts: {args.rollouts} rollouts x {len(CALLS)} calls ...", flush=True)
+        result["two_hosts"] = burst(stack, args.rollouts, f"{tag}-two")
+        print(json.dumps(result["two_hosts"]), flush=True)
+        print("host B's engine stopped under live rollouts ...", flush=True)
+        result["host_stop"] = host_stop(stack, engine_b, args.rollouts, tag)
+        print(json.dumps(result["host_stop"]), flush=True)
+    finally:
+        if stack is not None:
+            stack.close()
+        engine_b.close()
+        redis_server.close()
+    one, two = result["one_host"], result["two_hosts"]
+    result["two_vs_one_rollouts_per_s"] = round(two["rollouts_per_s"] / one["rollouts_per_s"], 2)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print("\n| measure | one host | two hosts |\n|---|---|---|")
+    for key in ("rollouts_per_s", "all_first_calls_answered_s", "calls_per_s", "makespan_s", "redis_cpu_ms_per_call"):
+        print(f"| {key} | {one[key]} | {two[key]} |")
+    print(f"| rollouts per host | {one['rollouts_per_host']} | {two['rollouts_per_host']} |")
+    print(f"\ntwo hosts vs one: {result['two_vs_one_rollouts_per_s']}x rollouts/s; written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
