@@ -12,7 +12,7 @@ down:
 	@bash deploy/down.sh
 
 deps:
-	@bash deploy/install.sh && bash deploy/deps.sh && bash images/build.sh
+	@bash deploy/install.sh && bash deploy/deps.sh && bash images/build.sh && bash k8s/install-tools.sh
 
 image:
 	@bash images/build.sh
@@ -41,6 +41,6 @@ integration: deps
 	$(VENV)/pytest -q -ra tests/integration
 
 lint:
-	$(VENV)/ruff check sandbox tests
-	$(VENV)/ruff format --check sandbox tests
+	$(VENV)/ruff check sandbox tests k8s
+	$(VENV)/ruff format --check sandbox tests k8s
 	$(VENV)/mypy sandbox

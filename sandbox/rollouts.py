@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from .dispatch import Dispatcher
 from .environments import Environment, EnvironmentRegistry, UnknownEnvironment
 from .errors import (
     INFRA_ERRORS_BY_REASON,
+    EngineUnavailable,
     HostUnavailable,
     InfraError,
     ProvisionFailed,
@@ -242,8 +244,10 @@ class Provisioner:
     registry: EnvironmentRegistry
     preparer: Preparer
     failures: FailureWindow | None = None  # engine failures here may quarantine the host
+    # Hands an attempt to another host when this engine is down; True if one took it.
+    elsewhere: Callable[[str, int], bool] | None = None
 
-    def provision(self, rid: str, attempt: int) -> str:
+    def provision(self, rid: str, attempt: int, may_move: bool = True) -> str:
         """Create the container for one claimed attempt. Returns what happened.
 
         Safe to run twice (acks_late): the container name is derived from the rollout id,
@@ -264,6 +268,12 @@ class Provisioner:
             with self.semaphore:
                 container_id = self.backend.create(self._spec(name, rec, env, image))
                 self.backend.wait_ready(name, READY_TIMEOUT_S)
+        except EngineUnavailable as exc:
+            self._engine_result(ok=False)
+            # Nothing was created and nothing served: another host may take the same attempt.
+            if may_move and self.elsewhere is not None and self.elsewhere(rid, attempt):
+                return "placed elsewhere"
+            return self._failed(rid, attempt, name, exc.message, started, exc.reason.value)
         except InfraError as exc:
             self._engine_result(ok=False)
             return self._failed(rid, attempt, name, exc.message, started, exc.reason.value)

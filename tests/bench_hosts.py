@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -30,8 +31,9 @@ from typing import Any
 
 import redis
 
-from tests.stack import ROOT, DockerEngine, RedisServer, Stack, free_port, wait_until
+from tests.stack import ROOT, TEST_LABEL, DockerEngine, RedisServer, Stack, free_port, wait_until
 
+LOGS = Path("/tmp/bench-hosts-logs")
 CALLS = ["echo first", "ls -la", "grep -c root /etc/passwd", "cat /etc/os-release"]
 
 
@@ -69,8 +71,7 @@ def burst(stack: Stack, n: int, tag: str) -> dict[str, Any]:
     commands1, cpu1 = redis_counters(stack.redis_url)
     calls = sum(codes.values())
     per_host = Counter(host_of(stack, rid) for rid in rids)
-    for rid in rids:
-        stack.http.delete(f"/v1/rollouts/{rid}")
+    settle(stack, rids)
     provisioned_s = max(first_done)
     return {
         "rollouts": n,
@@ -85,19 +86,70 @@ def burst(stack: Stack, n: int, tag: str) -> dict[str, Any]:
     }
 
 
+def sustained(stack: Stack, clients: int, seconds: float, tag: str) -> dict[str, Any]:
+    """`clients` provisioned rollouts each calling `echo` in a loop: the steady state's cost.
+
+    Redis commands and CPU per call here are the store's share of a tool call, without the
+    provisioning waits of a burst; they say how many calls/s one Redis carries.
+    """
+    rids = [f"bh-{tag}-sus-{i}" for i in range(clients)]
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda rid: stack.shell(rid, "echo warm"), rids))
+    done = Counter[str]()
+    lock = threading.Lock()
+    commands0, cpu0 = redis_counters(stack.redis_url)
+    end = time.monotonic() + seconds
+    start = time.monotonic()
+
+    def loop(rid: str) -> None:
+        while time.monotonic() < end:
+            r = stack.shell(rid, "echo tick")
+            with lock:
+                done["200 ok" if r.status_code == 200 else f"{r.status_code} {r.json()['error']['code']}"] += 1
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(loop, rids))
+    took = time.monotonic() - start
+    commands1, cpu1 = redis_counters(stack.redis_url)
+    calls = sum(done.values())
+    per_host = Counter(host_of(stack, rid) for rid in rids)
+    settle(stack, rids)
+    return {
+        "clients": clients,
+        "calls_per_s": round(calls / took, 1),
+        "answers": dict(done),
+        "rollouts_per_host": dict(per_host),
+        "redis_commands_per_call": round((commands1 - commands0) / max(calls, 1), 1),
+        "redis_cpu_ms_per_call": round((cpu1 - cpu0) * 1000 / max(calls, 1), 3),
+    }
+
+
+def settle(stack: Stack, rids: list[str]) -> None:
+    """Release the phase's rollouts and wait until their containers are gone, so that their
+    removal does not eat into the next phase's CPU."""
+    for rid in rids:
+        stack.http.delete(f"/v1/rollouts/{rid}")
+    gauge = "sandbox_live_sandboxes"
+    wait_until(lambda: sum(stack.metric(gauge, {"state": s, "host": h}) for s in ("ready", "provisioning")
+                           for h in ("host-a", "host-b", "unplaced")) == 0, timeout_s=300)  # fmt: skip
+    mine = {"label": f"{TEST_LABEL}={stack.session}"}
+    wait_until(lambda: not stack.docker.containers.list(sparse=True, filters=mine), timeout_s=300)
+    time.sleep(5.0)  # host B's engine removes its own; give it the same quiet
+
+
 def host_stop(stack: Stack, engine_b: DockerEngine, n: int, tag: str) -> dict[str, Any]:
     """N rollouts calling in a loop over both hosts; host B's engine stops under them."""
     rids = [f"bh-{tag}-stop-{i}" for i in range(n)]
     with ThreadPoolExecutor(n) as pool:
         list(pool.map(lambda rid: stack.shell(rid, "echo first"), rids))
-    on_b = [rid for rid in rids if host_of(stack, rid) == "host-b"]
-    answers: dict[str, Counter[str]] = {"host-a": Counter(), "host-b": Counter()}
+    placed = {rid: host_of(stack, rid) for rid in rids}  # "None": its first call failed
+    on_b = [rid for rid, host in placed.items() if host == "host-b"]
+    answers: dict[str, Counter[str]] = {host: Counter() for host in set(placed.values())}
     lock = threading.Lock()
     stop = threading.Event()
-    b_set = set(on_b)
 
     def loop(rid: str) -> None:
-        host = "host-b" if rid in b_set else "host-a"
+        host = placed[rid]
         while not stop.is_set():
             r = stack.shell(rid, "echo tick")
             with lock:
@@ -127,8 +179,7 @@ def host_stop(stack: Stack, engine_b: DockerEngine, n: int, tag: str) -> dict[st
         "on_host_b": len(on_b),
         "engine_stop_took_s": round(stop_took, 2),
         "all_of_b_ended_lost_after_s": round(all_lost_s, 2),
-        "answers_host_a": dict(answers["host-a"]),
-        "answers_host_b": dict(answers["host-b"]),
+        "answers_by_host_at_start": {host: dict(counts) for host, counts in answers.items()},
     }
 
 
@@ -157,16 +208,22 @@ def main() -> None:
         print(f"one host: {args.rollouts} rollouts x {len(CALLS)} calls ...", flush=True)
         result["one_host"] = burst(stack, args.rollouts, f"{tag}-one")
         print(json.dumps(result["one_host"]), flush=True)
+        result["one_host"]["sustained"] = sustained(stack, 32, 15.0, f"{tag}-one")
+        print(json.dumps(result["one_host"]["sustained"]), flush=True)
         stack.start_host("host-b", engine_b.sock, free_port())
         wait_until(lambda: stack.http.get("/readyz").json()["checks"]["hosts"].get("host-b", {}).get("status") == "up")
         print(f"two hosts: {args.rollouts} rollouts x {len(CALLS)} calls ...", flush=True)
         result["two_hosts"] = burst(stack, args.rollouts, f"{tag}-two")
         print(json.dumps(result["two_hosts"]), flush=True)
+        result["two_hosts"]["sustained"] = sustained(stack, 32, 15.0, f"{tag}-two")
+        print(json.dumps(result["two_hosts"]["sustained"]), flush=True)
         print("host B's engine stopped under live rollouts ...", flush=True)
         result["host_stop"] = host_stop(stack, engine_b, args.rollouts, tag)
         print(json.dumps(result["host_stop"]), flush=True)
     finally:
         if stack is not None:
+            shutil.rmtree(LOGS, ignore_errors=True)
+            shutil.copytree(stack.logs, LOGS)  # the API's and workers' logs outlive the stack
             stack.close()
         engine_b.close()
         redis_server.close()
@@ -177,6 +234,8 @@ def main() -> None:
     for key in ("rollouts_per_s", "all_first_calls_answered_s", "calls_per_s", "makespan_s", "redis_cpu_ms_per_call"):
         print(f"| {key} | {one[key]} | {two[key]} |")
     print(f"| rollouts per host | {one['rollouts_per_host']} | {two['rollouts_per_host']} |")
+    for key in ("calls_per_s", "redis_commands_per_call", "redis_cpu_ms_per_call"):
+        print(f"| sustained {key} | {one['sustained'][key]} | {two['sustained'][key]} |")
     print(f"\ntwo hosts vs one: {result['two_vs_one_rollouts_per_s']}x rollouts/s; written to {args.out}")
 
 

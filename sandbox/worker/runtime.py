@@ -75,8 +75,24 @@ class WorkerRuntime:
     @cached_property
     def provisioner(self) -> Provisioner:
         return Provisioner(
-            self.store, self.backend, self.settings, self.creation_slots, self.registry, self.preparer, self.failures
+            self.store,
+            self.backend,
+            self.settings,
+            self.creation_slots,
+            self.registry,
+            self.preparer,
+            self.failures,
+            elsewhere=self._provision_elsewhere,
         )
+
+    def _provision_elsewhere(self, rid: str, attempt: int) -> bool:
+        """This engine failed a creation: give the attempt to the host with the most room, if any."""
+        self._views_at = -1e9  # judge with fresh registrations
+        target = self.placement_target(force=True)
+        if target is None:
+            return False
+        self.dispatcher.provision(rid, attempt, host=target)
+        return True
 
     @cached_property
     def refiller(self) -> Refiller:
@@ -99,17 +115,22 @@ class WorkerRuntime:
         return HostWatch(self.store, self.dispatcher, self.settings, self.registry)
 
     def placement_elsewhere(self) -> str | None:
-        """Where a new rollout should go instead of here, or None to take it here.
+        """Where a new rollout should go instead of here, or None to take it here."""
+        return self.placement_target(force=False)
+
+    def placement_target(self, force: bool) -> str | None:
+        """Another host for a new rollout, or None to take it here.
 
         Here is fine unless this host is quarantined (its engine, or a failure spike seen
-        just now) or full, and another host takes new rollouts.
+        just now) or full (`force`: this engine just failed), and another host takes new
+        rollouts.
         """
         now = time.time()
         if now - self._views_at > 1.0:  # a burst of provisioning tasks shares one look-up
             self._views, self._views_at = views(self.store.hosts(), now), now
         me = self._views.get(self.settings.host_id)
         spiking = self.failures.quarantined_until() > now
-        if me is None or (me.takes_new_rollouts and not spiking):
+        if not force and (me is None or (me.takes_new_rollouts and not spiking)):
             return None
         return pick_host(list(self._views.values()), exclude=self.settings.host_id)
 

@@ -29,7 +29,8 @@ def provision(rollout_id: str, attempt: int, placed: bool = False) -> str:
         if target is not None:
             rt.dispatcher.provision(rollout_id, attempt, host=target)
             return f"placed on {target}"
-    return rt.provisioner.provision(rollout_id, attempt)
+    # A task placed on this host by another stays here (one hop at most, no ping-pong).
+    return rt.provisioner.provision(rollout_id, attempt, may_move=not placed)
 
 
 @celery_app.task(name="sandbox.execute", acks_late=False)
