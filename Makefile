@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: up down test unit integration lint deps image monitoring-test bench bench-hosts
+.PHONY: up down test unit integration lint deps image monitoring-test bench bench-hosts compose-images compose-smoke
 
 up:
 	@bash deploy/up.sh
@@ -44,3 +44,11 @@ lint:
 	$(VENV)/ruff check sandbox tests k8s
 	$(VENV)/ruff format --check sandbox tests k8s
 	$(VENV)/mypy sandbox
+
+# Docker Compose: build the service, Redis and Prometheus images locally (no registry), and
+# a smoke run that brings the stack up on other ports, makes real calls and takes it down.
+compose-images: deps
+	@bash deploy/compose/build-images.sh
+
+compose-smoke: deps
+	@bash deploy/compose/smoke.sh

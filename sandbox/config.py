@@ -7,6 +7,8 @@ set the environment first.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -172,6 +174,14 @@ class Settings(BaseSettings):
     @property
     def celery_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def host_run_dir(self) -> Path:
+        """This host's guest socket directories: one subdirectory per host, so hosts sharing a
+        filesystem (two engines on one machine) never clean up each other's sockets."""
+        safe = re.fullmatch(r"[A-Za-z0-9._-]{1,32}", self.host_id) is not None
+        # A unix socket path must stay under 108 bytes: long host ids are shortened.
+        return self.run_dir / (self.host_id if safe else hashlib.sha256(self.host_id.encode()).hexdigest()[:16])
 
     @property
     def host_queue(self) -> str:

@@ -122,7 +122,7 @@ class Reconciler:
 
     def _remove_stale_socket_dirs(self, names: set[str]) -> None:
         prefix = f"sbx-{self.settings.instance}-"
-        run_dir = self.settings.run_dir
+        run_dir = self.settings.host_run_dir  # this host's own: never another host's sockets
         if not run_dir.is_dir():
             return
         for entry in run_dir.iterdir():

@@ -43,10 +43,10 @@ class WorkerRuntime:
     @cached_property
     def backend(self) -> DockerBackend:
         s = self.settings
-        s.run_dir.mkdir(parents=True, exist_ok=True)
+        s.host_run_dir.mkdir(parents=True, exist_ok=True)
         return DockerBackend(
             s.docker_host,
-            s.run_dir,
+            s.host_run_dir,
             s.guest_dir,
             api_timeout_s=s.shell.max_timeout_s + 60,
             max_pool_size=s.worker_concurrency + 8,

@@ -153,6 +153,10 @@ def test_a_burst_spreads_and_a_stopped_engine_loses_only_its_own_rollouts(
     assert [r.status_code for r in answered] == [200] * len(fresh), [r.text for r in answered]
     assert {rollout(stack, rid)["host"] for rid in fresh} == {"host-a"}
 
+    # Host A's guests kept their sockets the whole time: no call fell back to docker exec
+    # (both workers share one filesystem here; neither may clean up the other's sockets).
+    assert stack.metric("sandbox_guest_fallbacks_total", {}, source="worker") == 0
+
     # B's worker stops too: no heartbeat, so B is down.
     stack.stop_host("host-b")
     wait_until(lambda: host_status(stack, "host-b") == "down", timeout_s=30)
