@@ -31,7 +31,7 @@ from typing import Any
 
 import redis
 
-from tests.stack import ROOT, TEST_LABEL, DockerEngine, RedisServer, Stack, free_port, wait_until
+from tests.stack import ROOT, TEST_LABEL, DockerEngine, Stack, answer_code, free_port, two_engine_stack, wait_until
 
 LOGS = Path("/tmp/bench-hosts-logs")
 CALLS = ["echo first", "ls -la", "grep -c root /etc/passwd", "cat /etc/os-release"]
@@ -59,7 +59,7 @@ def burst(stack: Stack, n: int, tag: str) -> dict[str, Any]:
         for i, command in enumerate(CALLS):
             r = stack.shell(rid, command)
             with lock:
-                codes["200 ok" if r.status_code == 200 else f"{r.status_code} {r.json()['error']['code']}"] += 1
+                codes[answer_code(r)] += 1
                 if i == 0:
                     first_done.append(time.monotonic() - start)
             if r.status_code != 200:
@@ -105,7 +105,7 @@ def sustained(stack: Stack, clients: int, seconds: float, tag: str) -> dict[str,
         while time.monotonic() < end:
             r = stack.shell(rid, "echo tick")
             with lock:
-                done["200 ok" if r.status_code == 200 else f"{r.status_code} {r.json()['error']['code']}"] += 1
+                done[answer_code(r)] += 1
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(loop, rids))
@@ -153,7 +153,7 @@ def host_stop(stack: Stack, engine_b: DockerEngine, n: int, tag: str) -> dict[st
         while not stop.is_set():
             r = stack.shell(rid, "echo tick")
             with lock:
-                answers[host]["200 ok" if r.status_code == 200 else f"{r.status_code} {r.json()['error']['code']}"] += 1
+                answers[host][answer_code(r)] += 1
             if r.status_code != 200:
                 return  # a trainer discards the rollout after an infra failure
 
@@ -183,50 +183,37 @@ def host_stop(stack: Stack, engine_b: DockerEngine, n: int, tag: str) -> dict[st
     }
 
 
+def measure(stack: Stack, engine_b: DockerEngine, n: int, result: dict[str, Any]) -> None:
+    tag = uuid.uuid4().hex[:6]
+    print(f"one host: {n} rollouts x {len(CALLS)} calls ...", flush=True)
+    result["one_host"] = burst(stack, n, f"{tag}-one")
+    print(json.dumps(result["one_host"]), flush=True)
+    result["one_host"]["sustained"] = sustained(stack, 32, 15.0, f"{tag}-one")
+    print(json.dumps(result["one_host"]["sustained"]), flush=True)
+    stack.start_host("host-b", engine_b.sock, free_port())
+    wait_until(lambda: stack.http.get("/readyz").json()["checks"]["hosts"].get("host-b", {}).get("status") == "up")
+    print(f"two hosts: {n} rollouts x {len(CALLS)} calls ...", flush=True)
+    result["two_hosts"] = burst(stack, n, f"{tag}-two")
+    print(json.dumps(result["two_hosts"]), flush=True)
+    result["two_hosts"]["sustained"] = sustained(stack, 32, 15.0, f"{tag}-two")
+    print(json.dumps(result["two_hosts"]["sustained"]), flush=True)
+    print("host B's engine stopped under live rollouts ...", flush=True)
+    result["host_stop"] = host_stop(stack, engine_b, n, tag)
+    print(json.dumps(result["host_stop"]), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rollouts", type=int, default=60)
     parser.add_argument("--out", default=str(ROOT / "docs" / "scaling.json"))
     args = parser.parse_args()
-    engine_b = DockerEngine()
-    engine_b.start()
-    redis_server = RedisServer()
-    redis_server.start()
-    stack: Stack | None = None
     result: dict[str, Any] = {"cores": os.cpu_count(), "rollouts": args.rollouts}
-    try:
-        engine_b.load_image("rollout-sandbox:bookworm")
-        stack = Stack(
-            redis_server.url,
-            SANDBOX_HOST_ID="host-a",
-            SANDBOX_HOSTS__HEARTBEAT_S="1",
-            SANDBOX_HOSTS__DOWN_AFTER_BEATS="3",
-            SANDBOX_WORKER_CONCURRENCY="128",
-        )
-        stack.start()
-        tag = uuid.uuid4().hex[:6]
-        print(f"one host: {args.rollouts} rollouts x {len(CALLS)} calls ...", flush=True)
-        result["one_host"] = burst(stack, args.rollouts, f"{tag}-one")
-        print(json.dumps(result["one_host"]), flush=True)
-        result["one_host"]["sustained"] = sustained(stack, 32, 15.0, f"{tag}-one")
-        print(json.dumps(result["one_host"]["sustained"]), flush=True)
-        stack.start_host("host-b", engine_b.sock, free_port())
-        wait_until(lambda: stack.http.get("/readyz").json()["checks"]["hosts"].get("host-b", {}).get("status") == "up")
-        print(f"two hosts: {args.rollouts} rollouts x {len(CALLS)} calls ...", flush=True)
-        result["two_hosts"] = burst(stack, args.rollouts, f"{tag}-two")
-        print(json.dumps(result["two_hosts"]), flush=True)
-        result["two_hosts"]["sustained"] = sustained(stack, 32, 15.0, f"{tag}-two")
-        print(json.dumps(result["two_hosts"]["sustained"]), flush=True)
-        print("host B's engine stopped under live rollouts ...", flush=True)
-        result["host_stop"] = host_stop(stack, engine_b, args.rollouts, tag)
-        print(json.dumps(result["host_stop"]), flush=True)
-    finally:
-        if stack is not None:
+    with two_engine_stack(SANDBOX_WORKER_CONCURRENCY="128") as (stack, engine_b):
+        try:
+            measure(stack, engine_b, args.rollouts, result)
+        finally:
             shutil.rmtree(LOGS, ignore_errors=True)
             shutil.copytree(stack.logs, LOGS)  # the API's and workers' logs outlive the stack
-            stack.close()
-        engine_b.close()
-        redis_server.close()
     one, two = result["one_host"], result["two_hosts"]
     result["two_vs_one_rollouts_per_s"] = round(two["rollouts_per_s"] / one["rollouts_per_s"], 2)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

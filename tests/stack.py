@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +336,35 @@ class Stack:
                 if ",".join(sorted(got.split(","))) == want or (not labels and not got):
                     return float(value)
         return 0.0
+
+
+def answer_code(r: httpx.Response) -> str:
+    """A tool call's answer as "status code": "200 ok" or e.g. "503 host_unavailable"."""
+    return "200 ok" if r.status_code == 200 else f"{r.status_code} {r.json()['error']['code']}"
+
+
+@contextmanager
+def two_engine_stack(**overrides: str) -> Iterator[tuple[Stack, DockerEngine]]:
+    """A started stack whose host A is this machine's engine (worker with beat), plus a
+    second engine of its own, with the sandbox image loaded, for a host B the caller starts."""
+    engine_b = DockerEngine()
+    engine_b.start()
+    redis_server = RedisServer()
+    redis_server.start()
+    stack: Stack | None = None
+    try:
+        engine_b.load_image("rollout-sandbox:bookworm")
+        stack = Stack(
+            redis_server.url,
+            SANDBOX_HOST_ID="host-a",
+            SANDBOX_HOSTS__HEARTBEAT_S="1",
+            SANDBOX_HOSTS__DOWN_AFTER_BEATS="3",
+            **overrides,
+        )
+        stack.start()
+        yield stack, engine_b
+    finally:
+        if stack is not None:
+            stack.close()
+        engine_b.close()
+        redis_server.close()

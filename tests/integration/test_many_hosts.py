@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack import DockerEngine, RedisServer, Stack, free_port, wait_until
+from tests.stack import DockerEngine, Stack, answer_code, free_port, two_engine_stack, wait_until
 
 pytestmark = pytest.mark.integration
 HOST_LOSS_CODES = {"host_unavailable", "sandbox_lost", "engine_unavailable"}
@@ -26,31 +26,11 @@ HOST_LOSS_CODES = {"host_unavailable", "sandbox_lost", "engine_unavailable"}
 
 @pytest.fixture(scope="module")
 def two_hosts() -> Iterator[tuple[Stack, DockerEngine, int]]:
-    engine_b = DockerEngine()
-    engine_b.start()
-    redis_server = RedisServer()
-    redis_server.start()
-    stack: Stack | None = None
-    try:
-        engine_b.load_image("rollout-sandbox:bookworm")
-        stack = Stack(
-            redis_server.url,
-            SANDBOX_HOST_ID="host-a",
-            SANDBOX_HOSTS__HEARTBEAT_S="1",
-            SANDBOX_HOSTS__DOWN_AFTER_BEATS="3",
-            SANDBOX_TIMEOUTS__QUEUE_S="10",
-            SANDBOX_TIMEOUTS__REPLY_SLACK_S="5",
-        )
-        stack.start()
+    with two_engine_stack(SANDBOX_TIMEOUTS__QUEUE_S="10", SANDBOX_TIMEOUTS__REPLY_SLACK_S="5") as (stack, engine_b):
         metrics_b = free_port()
         stack.start_host("host-b", engine_b.sock, metrics_b)
         wait_until(lambda: host_status(stack, "host-b") == "up", timeout_s=60)
         yield stack, engine_b, metrics_b
-    finally:
-        if stack is not None:
-            stack.close()
-        engine_b.close()
-        redis_server.close()
 
 
 def host_status(stack: Stack, host: str) -> str | None:
@@ -100,7 +80,7 @@ def test_a_burst_spreads_and_a_stopped_engine_loses_only_its_own_rollouts(
     def keep_calling(rid: str) -> None:
         while not stop.is_set():
             r = stack.shell(rid, "echo tick")
-            answers[rid].append((r.status_code, "ok" if r.status_code == 200 else r.json()["error"]["code"]))
+            answers[rid].append((r.status_code, answer_code(r).split(" ", 1)[1]))
             if r.status_code != 200:
                 return
             time.sleep(0.05)
