@@ -15,11 +15,12 @@ class Dispatcher(Protocol):
         (any host with room takes it), or on one host's own queue when placement chose it."""
         ...
 
-    def execute(self, host: str, request: dict[str, Any], expires_s: float) -> None:
-        """Queue a tool call on the queue of the host that owns the rollout's container.
+    def execute(self, host: str, request: dict[str, Any], expires_s: float, first: bool = False) -> None:
+        """Queue a tool call for the host that owns the rollout's container.
 
-        The task is dropped unstarted after `expires_s`, so a call the API gave up on
-        never runs later behind its back.
+        A call not started within `expires_s` is answered `queue_timeout` without running,
+        so a call the API gave up on never runs later behind its back. `first` calls (the
+        rollout's first) go before the others: the trainer waits for every rollout to start.
         """
         ...
 

@@ -403,7 +403,11 @@ class Store:
         return [RolloutRecord.from_hash(rid, h) for rid, h in zip(rids, hashes, strict=True) if h]
 
     def state_snapshot(
-        self, queue_names: list[str], broker: Any = None, pool_targets: dict[str, int] | None = None
+        self,
+        queue_names: list[str],
+        broker: Any = None,
+        pool_targets: dict[str, int] | None = None,
+        call_queue_label: str = "default.host",
     ) -> dict[str, Any]:
         """What the scrape-time gauges show (metrics.StateCollector), read in a few round trips."""
         live: dict[tuple[str, str], int] = {}
@@ -424,6 +428,9 @@ class Store:
             lengths = pipe.execute()
         per_queue = len(_celery_queue_keys("x"))
         queues = {name: sum(lengths[i * per_queue : (i + 1) * per_queue]) for i, name in enumerate(queue_names)}
+        for host, (first, rest) in self.call_queue_depths(hosts).items():
+            queues[f"{call_queue_label}.{host}.first-calls"] = first
+            queues[f"{call_queue_label}.{host}.calls"] = rest
         pools = self.pool_sizes(hosts, pool_targets or {})
         return {"live": live, "backlog": backlog, "queues": queues, "hosts": hosts, "pools": pools}
 
@@ -467,6 +474,16 @@ class Store:
             return self.r.get(f"{self.p}:owner:{name}")
 
     # --- calls ---
+    def call_context(self, rid: str, call_id: str) -> tuple[CallResult | None, RolloutRecord | None]:
+        """A call arriving: its stored result (a retry) and the rollout's record, in one round trip."""
+        with translate_errors():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hget(self.k_results(rid), call_id)
+            pipe.hgetall(self.k_rollout(rid))
+            raw, h = pipe.execute()
+        stored = CallResult.from_dict(json.loads(raw)) if raw else None
+        return stored, (RolloutRecord.from_hash(rid, h) if h else None)
+
     def stored_result(self, rid: str, call_id: str) -> CallResult | None:
         with translate_errors():
             raw = self.r.hget(self.k_results(rid), call_id)
@@ -541,6 +558,39 @@ class Store:
             pipe.hset(self.k_rollout(rid), "last_used_at", now)
             pipe.zadd(self.k_live, {rid: now}, xx=True)
             pipe.execute()
+
+    # --- tool calls waiting for a host (see sandbox/worker/call_queue.py for why not Celery) ---
+    def k_call_queue(self, host: str, first: bool) -> str:
+        return f"{self.p}:calls:{host}:first" if first else f"{self.p}:calls:{host}"
+
+    def push_call(self, host: str, request: dict[str, Any], first: bool, ttl_s: int) -> None:
+        """Queue a call for `host`; the list expires once no call was pushed for `ttl_s`
+        (a host that never comes back leaves nothing behind)."""
+        key = self.k_call_queue(host, first)
+        with translate_errors():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.rpush(key, json.dumps(request, ensure_ascii=False))
+            pipe.expire(key, ttl_s)
+            pipe.execute()
+
+    def pop_call(self, host: str, timeout_s: float) -> dict[str, Any] | None:
+        """The next call for `host`, first calls of rollouts before the others; None after `timeout_s`."""
+        with translate_errors():
+            got = self.blocking.blpop(
+                [self.k_call_queue(host, first=True), self.k_call_queue(host, first=False)], timeout=timeout_s
+            )
+        return json.loads(got[1]) if got else None
+
+    def call_queue_depths(self, hosts: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """(first calls, other calls) waiting per host."""
+        hosts = list(hosts)
+        with translate_errors():
+            pipe = self.r.pipeline(transaction=False)
+            for host in hosts:
+                pipe.llen(self.k_call_queue(host, first=True))
+                pipe.llen(self.k_call_queue(host, first=False))
+            n = pipe.execute()
+        return {host: (n[2 * i], n[2 * i + 1]) for i, host in enumerate(hosts)}
 
     # --- replies from workers ---
     def push_reply(self, reply_id: str, payload: dict[str, Any], ttl_s: int = 300) -> None:

@@ -63,10 +63,9 @@ class ToolService:
         return result
 
     def _handle(self, call: ToolCall) -> CallResult:
-        stored = self.store.stored_result(call.rollout_id, call.call_id)
+        stored, rec = self.store.call_context(call.rollout_id, call.call_id)
         if stored is not None:  # a retry: the first answer, never a second run
             return stored
-        rec = self.store.get_rollout(call.rollout_id)
         # The environment is fixed by the rollout's first call; unknown names are a 404.
         env = self.registry.get(rec.environment if rec and rec.environment else environment_of(call.item))
         args_or_problem = self._validate(call, env)
@@ -82,7 +81,7 @@ class ToolService:
             return self._model_error_without_running(call, ModelReason.BUDGET_EXHAUSTED, message, env)
         try:
             rec = self.rollouts.ensure_ready(call.rollout_id, call.item, known=rec)
-            return self._dispatch(call, rec.host, args_or_problem, env)
+            return self._dispatch(call, rec.host, args_or_problem, env, first=not rec.served)
         except InfraError as exc:
             if limit is not None:
                 self.store.refund_budget(call.rollout_id)
@@ -107,7 +106,9 @@ class ToolService:
         t = self.settings.timeouts
         return t.provision_s + t.queue_s + timeout + 60.0
 
-    def _dispatch(self, call: ToolCall, host: str, args: ShellArgs | ReadFileArgs, env: Environment) -> CallResult:
+    def _dispatch(
+        self, call: ToolCall, host: str, args: ShellArgs | ReadFileArgs, env: Environment, first: bool
+    ) -> CallResult:
         reply_id = uuid.uuid4().hex
         if isinstance(args, ShellArgs):
             arguments: dict[str, Any] = {"command": args.command, "timeout_s": args.timeout_s}
@@ -126,7 +127,7 @@ class ToolService:
             "output_cap": env.spec.output_cap_bytes or self.settings.output.cap_bytes,
         }
         queue_s = self.settings.timeouts.queue_s
-        self.dispatcher.execute(host, request, expires_s=queue_s)
+        self.dispatcher.execute(host, request, expires_s=queue_s, first=first)
         reply = self.store.wait_reply(reply_id, queue_s + run_s + self.settings.timeouts.reply_slack_s)
         if reply is None:
             if self.store.was_started(reply_id):

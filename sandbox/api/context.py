@@ -37,7 +37,12 @@ class ApiContext:
         s = self.settings
         hosts = self.store.hosts()
         queues = [s.provision_queue, s.maintenance_queue] + [host_queue_name(s.instance, h) for h in hosts]
-        return self.store.state_snapshot(queues, broker=self.broker, pool_targets=self.registry.pool_targets())
+        return self.store.state_snapshot(
+            queues,
+            broker=self.broker,
+            pool_targets=self.registry.pool_targets(),
+            call_queue_label=f"{s.instance}.host",  # tool calls: <instance>.host.<id>.calls and .first-calls
+        )
 
     @classmethod
     def build(cls, settings: Settings, threads: int = 1024) -> ApiContext:

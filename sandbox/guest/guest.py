@@ -12,6 +12,7 @@ import argparse
 import base64
 import contextlib
 import errno
+import functools
 import json
 import math
 import os
@@ -42,6 +43,7 @@ RETRYABLE = (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE)
 # subprocess's own cwd= would chdir while still root (before the uid switch), so the
 # command's directory is entered as the target user, falling back to home, then /.
 CD_THEN_RUN = 'cd -- "$1" 2>/dev/null || cd -- "$HOME" 2>/dev/null || cd /; exec bash -c "$2"'
+SETPRIV_PATHS = ("/usr/bin/setpriv", "/bin/setpriv")
 OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 
 
@@ -88,6 +90,9 @@ class Identity:
     uid: int | None = None
     gid: int | None = None
     groups: tuple[int, ...] | None = None
+    # argv prefix that switches to uid/gid/groups after exec (util-linux setpriv), or empty:
+    # then Popen switches users itself, which costs a full fork of this process (below).
+    switch: tuple[str, ...] = ()
 
 
 def resolve_identity(user: str | None) -> Identity:
@@ -95,12 +100,42 @@ def resolve_identity(user: str | None) -> Identity:
     if user and os.getuid() == 0:
         pw = pwd.getpwnam(user)
         groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
-        return Identity(pw.pw_name, pw.pw_dir or "/", pw.pw_uid, pw.pw_gid, groups)
+        switch = setpriv_prefix(pw.pw_uid, pw.pw_gid, groups)
+        return Identity(pw.pw_name, pw.pw_dir or "/", pw.pw_uid, pw.pw_gid, groups, switch)
     try:
         pw = pwd.getpwuid(os.getuid())
         return Identity(pw.pw_name, pw.pw_dir or "/")
     except KeyError:
         return Identity(os.environ.get("USER", "unknown"), os.environ.get("HOME", "/"))
+
+
+@functools.lru_cache(maxsize=8)
+def setpriv_prefix(uid: int, gid: int, groups: tuple[int, ...]) -> tuple[str, ...]:
+    """`setpriv ... --` that switches to the user, if this image has one that works; else ().
+
+    Why: CPython starts a child with vfork only when it need not switch users itself;
+    otherwise it forks, copying this process's page tables and making every page it
+    touches afterwards fault once. Measured in a sandbox container: 4.8-5.4 ms of CPU per
+    `echo` request with Popen(user=...), 3.5-4.5 ms with vfork + setpriv.
+    Busybox's setpriv has no --reuid, and an image may lack setpriv: probe, do not trust
+    the name. The probe checks the switch really happened.
+    """
+    args = [
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--groups=" + ",".join(map(str, groups)) if groups else "--clear-groups",
+    ]
+    check = f"import os,sys; sys.exit(0 if os.getresuid()=={(uid,) * 3} and os.getresgid()=={(gid,) * 3} else 1)"
+    for path in SETPRIV_PATHS:
+        if not os.access(path, os.X_OK):
+            continue
+        try:
+            probe = subprocess.run([path, *args, sys.executable, "-S", "-c", check], capture_output=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if probe.returncode == 0:
+            return (path, *args, "--")
+    return ()
 
 
 def read_oom_count() -> int | None:
@@ -173,20 +208,21 @@ def start_command(command: str, cwd: str, ident: Identity) -> subprocess.Popen[b
         if _world_searchable(cwd)
         else (["bash", "-c", CD_THEN_RUN, "bash", cwd, command], "/")
     )
+    switch: dict[str, Any] = (
+        {} if ident.switch else {"user": ident.uid, "group": ident.gid, "extra_groups": ident.groups}
+    )
     end = time.monotonic() + START_RETRY
     while True:
         try:
             return subprocess.Popen(
-                argv,
+                [*ident.switch, *argv],
                 cwd=start_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 process_group=0,
-                user=ident.uid,
-                group=ident.gid,
-                extra_groups=ident.groups,
+                **switch,
             )
         except OSError as exc:
             if start_dir != "/" and exc.errno in (errno.EACCES, errno.ENOENT, errno.ENOTDIR):

@@ -1,7 +1,8 @@
-"""The Dispatcher of the service layer, over Celery."""
+"""The Dispatcher of the service layer: Celery tasks, and tool calls on a Redis list per host."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -40,15 +41,14 @@ class CeleryDispatcher:
                 retry_policy=RETRY_POLICY,
             )
 
-    def execute(self, host: str, request: dict[str, Any], expires_s: float) -> None:
-        with _broker_errors():
-            self.app.send_task(
-                "sandbox.execute",
-                kwargs={"request": request},
-                queue=host_queue_name(self.settings.instance, host),
-                expires=expires_s,
-                retry_policy=RETRY_POLICY,
-            )
+    def execute(self, host: str, request: dict[str, Any], expires_s: float, first: bool = False) -> None:
+        # Not a Celery task: a Redis list per host (call_queue.py says why).
+        if self.store is None:
+            raise RuntimeError("CeleryDispatcher.execute needs the store")
+        now = time.time()
+        self.store.push_call(
+            host, {**request, "queued_at": now, "expires_at": now + expires_s}, first, ttl_s=int(expires_s) + 60
+        )
 
     def destroy(self, host: str, rollout_id: str, container_name: str) -> None:
         with _broker_errors():

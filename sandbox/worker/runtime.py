@@ -20,6 +20,7 @@ from ..pools import Refiller
 from ..preparation import Preparer
 from ..rollouts import Provisioner
 from ..store import Store
+from .call_queue import CallConsumers
 from .dispatch import CeleryDispatcher
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,11 @@ class WorkerRuntime:
     @cached_property
     def executor(self) -> Executor:
         return Executor(self.store, self.backend, self.settings, self.failures)
+
+    @cached_property
+    def call_consumers(self) -> CallConsumers:
+        s = self.settings
+        return CallConsumers(self.store, self.executor, s.host_id, s.worker_concurrency, self._stop)
 
     @cached_property
     def reaper(self) -> Reaper:

@@ -10,9 +10,9 @@ from celery import signals
 from prometheus_client import start_http_server
 
 from .. import metrics
-from ..errors import InfraError
 from ..hosts import views as host_views
 from .app import celery_app
+from .call_queue import run_call
 from .runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -35,20 +35,10 @@ def provision(rollout_id: str, attempt: int, placed: bool = False) -> str:
 
 @celery_app.task(name="sandbox.execute", acks_late=False)
 def execute(request: dict[str, Any]) -> None:
-    # At most once: a command that may have run must not run again behind the API's back.
+    # Calls now come through the host's call queue (call_queue.py). This task stays one
+    # release for API replicas of 0.1 still sending it during a rolling upgrade.
     rt = runtime()
-    reply_id = request["reply_id"]
-    try:
-        reply = rt.executor.execute(request)  # marks the call started (worker_lost vs queue_timeout)
-    except InfraError as exc:
-        reply = {"infra": {"reason": exc.reason.value, "message": exc.message}}
-    except Exception as exc:  # never leave the API waiting for a reply that will not come
-        log.exception("execute crashed for rollout %s", request.get("rollout_id"))
-        reply = {"infra": {"reason": "internal", "message": f"internal error: {exc}"}}
-    try:
-        rt.store.push_reply(reply_id, reply)
-    except InfraError:
-        log.error("cannot deliver reply %s: state store unavailable", reply_id)
+    run_call(rt.executor, rt.store, request)
 
 
 @celery_app.task(name="sandbox.destroy", acks_late=True)
@@ -106,10 +96,14 @@ def _on_worker_ready(**_: Any) -> None:
     if port:
         start_http_server(port, addr=rt.settings.worker_metrics_host)
     rt.start_heartbeat()
+    rt.call_consumers.start()
     rt.dispatcher.refill(rt.settings.host_id)  # fill the pools now, not at the first beat
     log.info("sandbox host %s serving queue %s", rt.settings.host_id, rt.settings.host_queue)
 
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
-    runtime().stop()
+    rt = runtime()
+    rt.stop()
+    # Calls already taken run to the end, as Celery's warm shutdown does for its tasks.
+    rt.call_consumers.join(rt.settings.shell.max_timeout_s + 5)

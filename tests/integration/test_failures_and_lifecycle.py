@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.stack import TEST_LABEL, Stack, wait_until
+from tests.stack import TEST_LABEL, RedisServer, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +135,24 @@ def test_metrics_carry_no_rollout_ids(stack: Stack) -> None:
         assert "sandbox_tool_calls_total" in text or "sandbox_provisions_total" in text
         assert marker not in text
     assert stack.metric("sandbox_live_sandboxes", {"state": "ready", "host": "testhost"}) >= 1
+
+
+def test_a_call_no_worker_takes_in_time_is_queue_timeout_and_never_runs_later(redis_server: RedisServer) -> None:
+    # Its own stack: the queue deadline is an API setting, 60 s by default.
+    s = Stack(redis_server.url, SANDBOX_TIMEOUTS__QUEUE_S="2", SANDBOX_TIMEOUTS__REPLY_SLACK_S="1")
+    try:
+        s.start()
+        r1 = rid("late")
+        assert s.shell(r1, "echo up").status_code == 200
+        s.stop_worker()
+        late = s.shell(r1, "touch /tmp/ran-late", timeout=1)
+        assert (late.status_code, late.json()["error"]["code"]) == (503, "queue_timeout")
+        s.start_worker()
+        s.wait_ready()
+        # The restarted worker found the expired call in its queue and dropped it unrun.
+        check = s.shell(r1, "ls /tmp/ran-late")
+        assert check.status_code == 200
+        assert check.headers["X-Sandbox-Reason"] == "nonzero_exit", check.json()["output"]
+        assert s.redis.llen(f"{s.prefix}:calls:testhost") == 0
+    finally:
+        s.close()

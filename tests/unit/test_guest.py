@@ -407,3 +407,23 @@ def test_sigterm_exits_cleanly_and_stale_socket_is_replaced(tmp_path):
     assert stat.S_ISSOCK(sock.stat().st_mode)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="switching users needs root")
+def test_users_switch_through_setpriv_when_it_works_and_through_popen_otherwise(monkeypatch, tmp_path):
+    g = load_guest_module()
+    nobody = pwd.getpwnam("nobody")
+    ident = g.resolve_identity("nobody")
+    assert ident.switch and ident.switch[0] in g.SETPRIV_PATHS  # this Debian host has util-linux setpriv
+    fallback = g.Identity(ident.name, ident.home, ident.uid, ident.gid, ident.groups)  # no setpriv: Popen(user=)
+    for who in (ident, fallback):
+        done = g.run_shell({"command": "id -u; id -g; id -G"}, "/", who)
+        assert done["output"].split() == [str(nobody.pw_uid), str(nobody.pw_gid), str(nobody.pw_gid)], who
+    # A setpriv that runs the program without switching (like busybox's, which has no
+    # --reuid) fails the probe, so commands never run as root by mistake.
+    fake = tmp_path / "setpriv"
+    fake.write_text('#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done; shift; exec "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(g, "SETPRIV_PATHS", (str(fake),))
+    g.setpriv_prefix.cache_clear()
+    assert g.setpriv_prefix(nobody.pw_uid, nobody.pw_gid, (nobody.pw_gid,)) == ()

@@ -78,3 +78,32 @@ def test_concurrent_pool_claims_never_hand_out_a_container_twice(store: Store) -
     assert len(got) == 50
     assert sorted(name for _, name in got) == sorted(names)  # each exactly once
     assert store.owner_of("warm-0") is not None
+
+
+def test_first_calls_are_taken_before_calls_queued_earlier(store: Store) -> None:
+    for i in range(3):
+        store.push_call("h1", {"n": f"later-{i}"}, first=False, ttl_s=60)
+    store.push_call("h1", {"n": "first-a"}, first=True, ttl_s=60)
+    store.push_call("h1", {"n": "first-b"}, first=True, ttl_s=60)
+    store.push_call("h2", {"n": "other host"}, first=True, ttl_s=60)
+    taken = [store.pop_call("h1", 0.1) for _ in range(6)]
+    assert [c["n"] if c else None for c in taken] == ["first-a", "first-b", "later-0", "later-1", "later-2", None]
+    assert store.call_queue_depths(["h1", "h2"]) == {"h1": (0, 0), "h2": (1, 0)}
+
+
+def test_a_call_queue_nobody_reads_expires(store: Store) -> None:
+    store.push_call("gone", {"n": 1}, first=False, ttl_s=1)
+    assert store.call_queue_depths(["gone"]) == {"gone": (0, 1)}
+    time.sleep(1.3)
+    assert store.call_queue_depths(["gone"]) == {"gone": (0, 0)}
+
+
+def test_call_context_reads_the_stored_result_and_the_record_together(store: Store) -> None:
+    assert store.call_context("r", "c1") == (None, None)
+    _, _, n = store.claim_provisioning("r", "default", None, 300)
+    store.mark_ready("r", n, "h", "cid", "name")
+    now = time.time()
+    ok = CallResult("c1", "fc", "shell", "{}", "ok", "none", "out", started_at=now, finished_at=now)
+    store.record_call("r", ok, served=True)
+    stored, rec = store.call_context("r", "c1")
+    assert stored == ok and rec is not None and rec.state == "ready" and rec.served
