@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from .store import Store, translate_errors
 log = logging.getLogger(__name__)
 ROLE_POOL = "pool"
 READY_TIMEOUT_S = 60.0
+SETTLE_LOOK_S = 1.0
+SETTLE_MAX_S = 15.0  # a steady trickle of claims does not hold the refill back for longer
 
 
 def pool_container_prefix(instance: str) -> str:
@@ -68,6 +71,9 @@ class Refiller:
 
     def _refill_one(self, env_name: str, target: int, running: set[str], room: int | None) -> int:
         host = self.settings.host_id
+        if target > 0 and len(self.store.pool_members(env_name, host)) < target:
+            self._settle(env_name)
+            target = self.registry.pool_targets().get(env_name, 0)  # it may have changed meanwhile
         alive = []
         for name in self.store.pool_members(env_name, host):
             if name in running:
@@ -88,6 +94,23 @@ class Refiller:
             made = sum(workers.map(lambda _: self._create_one(env, image), range(missing)))
         log.info("warm pool %s on %s: +%d (target %d)", env_name, host, made, target)
         return made
+
+    def _settle(self, env_name: str) -> None:
+        """Wait while a burst is still claiming from this pool (up to SETTLE_MAX_S).
+
+        Creating containers takes most of a small host's CPU. While hundreds of first calls
+        are claiming, those calls need it more (the trainer waits for every rollout to
+        start); the refill starts once a second passes with no claim.
+        """
+        host = self.settings.host_id
+        deadline = time.monotonic() + SETTLE_MAX_S
+        before = len(self.store.pool_members(env_name, host))
+        while time.monotonic() < deadline:
+            time.sleep(SETTLE_LOOK_S)
+            now = len(self.store.pool_members(env_name, host))
+            if now >= before:
+                return
+            before = now
 
     def _create_one(self, env: Environment, image: str) -> bool:
         s = self.settings

@@ -49,6 +49,7 @@ from .store import ENDED_STATES, EXPIRED, FAILED, LOST, PENDING, PROVISIONING, R
 log = logging.getLogger(__name__)
 DEFAULT_ENVIRONMENT = "default"
 READY_TIMEOUT_S = 30.0
+WAIT_LOOK_S = 2.0  # a caller waiting for a container looks at the record at least this often
 
 
 class RolloutReleased(SandboxError):
@@ -159,7 +160,6 @@ class RolloutService:
             return known  # the caller just read it: skip a round trip
         deadline = time.monotonic() + self.settings.timeouts.provision_s
         waited_on: int | None = None  # the provisioning attempt this caller waits for
-        backoff = 0.005
         while True:
             rec = self.store.get_rollout(rid)
             state = rec.state if rec else None
@@ -201,10 +201,9 @@ class RolloutService:
                 raise QueueTimeout(
                     f"no sandbox within {self.settings.timeouts.provision_s:g} s; the provisioning backlog is long"
                 )
-            time.sleep(backoff)
-            # Waiters back off to 250 ms: a burst of 500 waiting first calls polling faster
-            # steals the CPU the engine needs to create their containers.
-            backoff = min(backoff * 1.5, 0.25)
+            # Woken when the attempt ends (ready or failed); the timeout bounds how late a
+            # waiter notices what sends no wake-up: a stale claim, or its host dying.
+            self.store.wait_for_change(rid, min(WAIT_LOOK_S, deadline - time.monotonic()))
 
     def _ended_error(self, rec: RolloutRecord) -> SandboxError:
         if rec.state == RELEASED:

@@ -107,3 +107,33 @@ def test_call_context_reads_the_stored_result_and_the_record_together(store: Sto
     store.record_call("r", ok, served=True)
     stored, rec = store.call_context("r", "c1")
     assert stored == ok and rec is not None and rec.state == "ready" and rec.served
+
+
+def test_callers_waiting_for_a_container_wake_when_it_is_ready_not_at_their_timeout(store: Store) -> None:
+    _, _, attempt = store.claim_provisioning("r", "default", None, 300)
+    woke_after: list[float] = []
+
+    def wait() -> None:
+        started = time.monotonic()
+        store.wait_for_change("r", 10.0)
+        woke_after.append(time.monotonic() - started)
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(wait)
+        time.sleep(0.3)
+        assert store.mark_ready("r", attempt, "h", "cid", "name")
+    assert len(woke_after) == 4 and max(woke_after) < 2.0, woke_after
+    # Nothing changes: the wait ends at its timeout.
+    _, _, again = store.claim_provisioning("fresh", "default", None, 300)
+    started = time.monotonic()
+    store.wait_for_change("fresh", 0.3)
+    assert time.monotonic() - started >= 0.29
+
+
+def test_a_new_provisioning_attempt_clears_the_wake_ups_of_the_last(store: Store) -> None:
+    _, _, attempt = store.claim_provisioning("r", "default", None, 300)
+    assert store.mark_provision_failed("r", attempt, "engine down")
+    assert store.r.llen(store.k_wake("r")) > 0
+    store.claim_provisioning("r", "default", None, 300)
+    assert store.r.llen(store.k_wake("r")) == 0
