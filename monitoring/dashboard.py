@@ -580,12 +580,12 @@ def build() -> db.Dashboard:
             8,
             ts(
                 "Queue depth",
-                "Messages waiting per Celery queue: the shared provisioning and maintenance queues, "
-                "and the queue of each selected host.",
+                "Messages waiting per queue: the shared provisioning and maintenance queues, "
+                "and the task and tool-call queues of each selected host (first calls of rollouts apart).",
                 "short",
                 (
                     'max by (queue) (sandbox_queue_depth{queue!~".*[.]host[.].*"}) '
-                    'or max by (queue) (sandbox_queue_depth{queue=~".*[.]host[.]($host)"})',
+                    'or max by (queue) (sandbox_queue_depth{queue=~".*[.]host[.]($host)([.](first-calls|calls))?"})',
                     "{{queue}}",
                 ),
             ),

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 ROLE_POOL = "pool"
 READY_TIMEOUT_S = 60.0
 SETTLE_LOOK_S = 1.0
-SETTLE_MAX_S = 15.0  # a steady trickle of claims does not hold the refill back for longer
+SETTLE_MAX_S = 20.0  # a steady trickle of claims does not hold the refill back for longer
 
 
 def pool_container_prefix(instance: str) -> str:
@@ -90,17 +90,28 @@ class Refiller:
             return 0
         env = self.registry.get(env_name)
         image = self.preparer.image_for(env)
-        with ThreadPoolExecutor(max_workers=self.settings.provision_concurrency) as workers:
-            made = sum(workers.map(lambda _: self._create_one(env, image), range(missing)))
+        # Twice the creation slots: while one container's guest boots, the next is being created.
+        with ThreadPoolExecutor(max_workers=2 * self.settings.provision_concurrency) as workers:
+            made = sum(
+                workers.map(lambda _: self._still_short(env_name) and self._create_one(env, image), range(missing))
+            )
         log.info("warm pool %s on %s: +%d (target %d)", env_name, host, made, target)
         return made
 
-    def _settle(self, env_name: str) -> None:
-        """Wait while a burst is still claiming from this pool (up to SETTLE_MAX_S).
+    def _still_short(self, env_name: str) -> bool:
+        """Whether the pool still needs a container: its target may drop while a refill of hundreds runs."""
+        return len(self.store.pool_members(env_name, self.settings.host_id)) < self.registry.pool_targets().get(
+            env_name, 0
+        )
 
-        Creating containers takes most of a small host's CPU. While hundreds of first calls
-        are claiming, those calls need it more (the trainer waits for every rollout to
-        start); the refill starts once a second passes with no claim.
+    def _settle(self, env_name: str) -> None:
+        """Wait while a burst is starting on this host (at most SETTLE_MAX_S).
+
+        Creating containers takes most of a small host's CPU. While a burst's first calls
+        are being claimed and answered, they need it more (the trainer waits for every
+        rollout to start), and a refill computed then would create the whole pool at once.
+        The burst is starting while claims empty the pool or first calls wait in this host's
+        call queue; the refill begins a second after both stop.
         """
         host = self.settings.host_id
         deadline = time.monotonic() + SETTLE_MAX_S
@@ -108,7 +119,8 @@ class Refiller:
         while time.monotonic() < deadline:
             time.sleep(SETTLE_LOOK_S)
             now = len(self.store.pool_members(env_name, host))
-            if now >= before:
+            first_calls_waiting = self.store.call_queue_depths([host])[host][0]
+            if now >= before and not first_calls_waiting:
                 return
             before = now
 
@@ -134,9 +146,9 @@ class Refiller:
             user=s.sandbox_user,
         )
         try:
-            with self.semaphore:
+            with self.semaphore:  # bounds the engine's work only: the guest boots outside it
                 self.backend.create(spec)
-                self.backend.wait_ready(name, READY_TIMEOUT_S)
+            self.backend.wait_ready(name, READY_TIMEOUT_S)
         except InfraError as exc:
             log.warning("warm container for %s failed: %s", env.name, exc.message)
             self._destroy(name)

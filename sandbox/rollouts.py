@@ -264,9 +264,9 @@ class Provisioner:
         try:
             env = self.registry.get(rec.environment or DEFAULT_ENVIRONMENT)
             image = self.preparer.image_for(env)  # once per host and definition; outside the semaphore
-            with self.semaphore:
+            with self.semaphore:  # bounds the engine's work only: the guest boots outside it
                 container_id = self.backend.create(self._spec(name, rec, env, image))
-                self.backend.wait_ready(name, READY_TIMEOUT_S)
+            self.backend.wait_ready(name, READY_TIMEOUT_S)
         except EngineUnavailable as exc:
             self._engine_result(ok=False)
             # Nothing was created and nothing served: another host may take the same attempt.
