@@ -49,7 +49,10 @@ from .store import ENDED_STATES, EXPIRED, FAILED, LOST, PENDING, PROVISIONING, R
 log = logging.getLogger(__name__)
 DEFAULT_ENVIRONMENT = "default"
 READY_TIMEOUT_S = 30.0
-WAIT_LOOK_S = 2.0  # a caller waiting for a container looks at the record at least this often
+# A caller waiting for a container looks at the record at least this often (for what sends
+# no wake-up: a stale claim, its host dying). Each look wakes a thread for a Redis round
+# trip; in a cold burst 500 callers wait for minutes, so not too often.
+WAIT_LOOK_S = 5.0
 
 
 class RolloutReleased(SandboxError):
@@ -149,11 +152,18 @@ class RolloutService:
         """A provisioning attempt taken by a host that has since gone down or lost its engine."""
         return bool(rec.provision_host) and self._host_lost(rec.provision_host) is not None
 
-    def ensure_ready(self, rid: str, item: dict[str, Any] | None, known: RolloutRecord | None = None) -> RolloutRecord:
+    def ensure_ready(
+        self,
+        rid: str,
+        item: dict[str, Any] | None,
+        known: RolloutRecord | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> RolloutRecord:
         """Return the rollout's record once its container is ready, provisioning it if needed.
 
         Parallel first calls race here; exactly one wins the claim and queues the
         provisioning, the others wait for the same container.
+        `on_wait` is called before the caller blocks waiting for a container.
         Raises ProvisionFailed, QueueTimeout, SandboxLost, RolloutReleased, StoreUnavailable.
         """
         if known is not None and known.state == READY and self._host_lost(known.host) is None:
@@ -203,6 +213,8 @@ class RolloutService:
                 )
             # Woken when the attempt ends (ready or failed); the timeout bounds how late a
             # waiter notices what sends no wake-up: a stale claim, or its host dying.
+            if on_wait is not None:
+                on_wait()
             self.store.wait_for_change(rid, min(WAIT_LOOK_S, deadline - time.monotonic()))
 
     def _ended_error(self, rec: RolloutRecord) -> SandboxError:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
@@ -28,11 +29,16 @@ from .errors import (
     infra_error_from_reason,
 )
 from .outcomes import ModelReason, Outcome
+from .priority import AdmissionTicket, CallAdmission
 from .rollouts import RolloutService, environment_of, mark_lost, taint
-from .store import Store
+from .store import RolloutRecord, Store
 
 log = logging.getLogger(__name__)
 RETRY_WAIT_S = 30.0  # how long a duplicate of a running call waits for its result
+# priority.py: calls doing their CPU-bound part at once in one API process (one core: a few
+# keep it busy while others wait on Redis), and how long a follow-up lets first calls go first.
+ADMISSION_SLOTS = 8
+FOLLOW_UP_MAX_WAIT_S = 5.0
 
 
 @dataclass
@@ -42,6 +48,7 @@ class ToolService:
     rollouts: RolloutService
     settings: Settings
     registry: EnvironmentRegistry
+    admission: CallAdmission = field(default_factory=lambda: CallAdmission(ADMISSION_SLOTS, FOLLOW_UP_MAX_WAIT_S))
 
     def handle(self, call: ToolCall) -> CallResult:
         """Answer one tool call. Raises InfraError (recorded and counted) or CallInProgress."""
@@ -66,12 +73,20 @@ class ToolService:
         stored, rec = self.store.call_context(call.rollout_id, call.call_id)
         if stored is not None:  # a retry: the first answer, never a second run
             return stored
+        ticket = self.admission.enter(first=rec is None or not rec.served)
+        try:
+            return self._handle_new(call, rec, ticket)
+        finally:
+            ticket.release()
+
+    def _handle_new(self, call: ToolCall, rec: RolloutRecord | None, ticket: AdmissionTicket) -> CallResult:
         # The environment is fixed by the rollout's first call; unknown names are a 404.
         env = self.registry.get(rec.environment if rec and rec.environment else environment_of(call.item))
         args_or_problem = self._validate(call, env)
         if isinstance(args_or_problem, str):
             return self._model_error_without_running(call, ModelReason.INVALID_ARGUMENTS, args_or_problem, env)
         if not self.store.claim_call(call.rollout_id, call.call_id, stale_s=self._call_budget_s(args_or_problem)):
+            ticket.release()  # waiting for another attempt's result is not CPU work
             return self._wait_for_duplicate(call)
         limit = env.spec.max_tool_calls
         if limit is not None and not self.store.consume_budget(call.rollout_id, limit):
@@ -80,8 +95,9 @@ class ToolService:
             )
             return self._model_error_without_running(call, ModelReason.BUDGET_EXHAUSTED, message, env)
         try:
-            rec = self.rollouts.ensure_ready(call.rollout_id, call.item, known=rec)
-            return self._dispatch(call, rec.host, args_or_problem, env, first=not rec.served)
+            # Waiting for a container is not CPU work: follow-up calls need not wait for it.
+            rec = self.rollouts.ensure_ready(call.rollout_id, call.item, known=rec, on_wait=ticket.release)
+            return self._dispatch(call, rec.host, args_or_problem, env, first=not rec.served, queued=ticket.release)
         except InfraError as exc:
             if limit is not None:
                 self.store.refund_budget(call.rollout_id)
@@ -107,7 +123,13 @@ class ToolService:
         return t.provision_s + t.queue_s + timeout + 60.0
 
     def _dispatch(
-        self, call: ToolCall, host: str, args: ShellArgs | ReadFileArgs, env: Environment, first: bool
+        self,
+        call: ToolCall,
+        host: str,
+        args: ShellArgs | ReadFileArgs,
+        env: Environment,
+        first: bool,
+        queued: Callable[[], None],
     ) -> CallResult:
         reply_id = uuid.uuid4().hex
         if isinstance(args, ShellArgs):
@@ -128,6 +150,7 @@ class ToolService:
         }
         queue_s = self.settings.timeouts.queue_s
         self.dispatcher.execute(host, request, expires_s=queue_s, first=first)
+        queued()  # the API's part of the work is done: follow-up calls may go
         reply = self.store.wait_reply(reply_id, queue_s + run_s + self.settings.timeouts.reply_slack_s)
         if reply is None:
             if self.store.was_started(reply_id):

@@ -31,6 +31,7 @@ class CeleryDispatcher:
         self.app = app
         self.settings = settings
         self.store = store
+        self._refill_asked: dict[str, float] = {}  # host -> when this process last asked for a refill
 
     def provision(self, rollout_id: str, attempt: int, host: str = "") -> None:
         with _broker_errors():
@@ -60,7 +61,12 @@ class CeleryDispatcher:
             )
 
     def refill(self, host: str) -> None:
-        # A burst claims hundreds of warm containers; one refill task per host per second is enough.
+        # A burst claims hundreds of warm containers; one refill task per host per second is
+        # enough. Asked again within the second by this process: not even a Redis round trip.
+        now = time.monotonic()
+        if now - self._refill_asked.get(host, -1e9) < 1.0:
+            return
+        self._refill_asked[host] = now
         if not self.coalesce(f"refill:{host}", 1):
             return
         with _broker_errors():
