@@ -120,7 +120,9 @@ class Settings(BaseSettings):
     extra_labels: dict[str, str] = Field(
         default_factory=dict, description="Extra container labels (JSON), e.g. for tests."
     )
-    worker_concurrency: int = Field(64, ge=1, description="Threads of the Celery worker (tool calls wait on I/O).")
+    worker_concurrency: int = Field(
+        64, ge=1, description="Tool calls a worker runs at once (call threads), and its Celery threads."
+    )
     provision_concurrency: int = Field(
         8, ge=1, description="Container creations at once per host (what the engine sustains)."
     )

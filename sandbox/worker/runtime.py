@@ -66,7 +66,7 @@ class WorkerRuntime:
 
     @cached_property
     def creation_slots(self) -> threading.BoundedSemaphore:
-        """Container creations at once on this host: cold starts and pool refills share them."""
+        """Engine operations at once on this host: cold starts, pool refills and removals share them."""
         return threading.BoundedSemaphore(self.settings.provision_concurrency)
 
     @cached_property

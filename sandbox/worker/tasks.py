@@ -43,7 +43,12 @@ def execute(request: dict[str, Any]) -> None:
 
 @celery_app.task(name="sandbox.destroy", acks_late=True)
 def destroy(rollout_id: str, container_name: str) -> bool:
-    return runtime().backend.destroy(container_name)
+    rt = runtime()
+    # Removals share the creation slots: the engine's concurrency is bounded whatever the
+    # work. Releasing 500 rollouts at once is 500 tasks; with 64 removals at a time (and
+    # creations beside them) Docker 20.10 was seen to wedge.
+    with rt.creation_slots:
+        return rt.backend.destroy(container_name)
 
 
 @celery_app.task(name="sandbox.reap")
