@@ -44,6 +44,20 @@ class Refiller:
     preparer: Preparer
     semaphore: threading.BoundedSemaphore
 
+    def forget_refills(self) -> int:
+        """Drop this host's refill locks; return how many there were.
+
+        Only this host's worker refills its pools, so at its start no refill of them can
+        be under way: a lock left by a worker that was killed mid-refill would otherwise
+        keep the pool empty until it expires (15 minutes).
+        """
+        keys = [self._lock_key(env_name) for env_name in self.registry.pool_targets()]
+        with translate_errors():
+            return int(self.store.r.delete(*keys))
+
+    def _lock_key(self, env_name: str) -> str:
+        return f"{self.store.p}:refilling:{self.settings.host_id}:{env_name}"
+
     def refill(self) -> dict[str, int]:
         """Top up (or trim) this host's pool of every environment; return containers created per environment."""
         s = self.settings
@@ -56,7 +70,7 @@ class Refiller:
         )
         created: dict[str, int] = {}
         for env_name, target in self.registry.pool_targets().items():
-            lock = f"{self.store.p}:refilling:{s.host_id}:{env_name}"
+            lock = self._lock_key(env_name)
             with translate_errors():
                 if not self.store.r.set(lock, "1", nx=True, ex=900):
                     continue  # another refill of this pool is under way

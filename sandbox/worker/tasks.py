@@ -102,6 +102,8 @@ def _on_worker_ready(**_: Any) -> None:
         start_http_server(port, addr=rt.settings.worker_metrics_host)
     rt.start_heartbeat()
     rt.call_consumers.start()
+    if rt.refiller.forget_refills():
+        log.warning("dropped refill locks of host %s left by a worker that stopped mid-refill", rt.settings.host_id)
     rt.dispatcher.refill(rt.settings.host_id)  # fill the pools now, not at the first beat
     log.info("sandbox host %s serving queue %s", rt.settings.host_id, rt.settings.host_queue)
 

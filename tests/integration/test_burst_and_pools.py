@@ -95,3 +95,16 @@ def test_output_cap_holds_on_the_fallback_path(stack: Stack) -> None:
     out = r.json()["output"]
     assert out.startswith("1\n2\n") and out.endswith("100000\n") and "bytes omitted" in out
     assert len(out.encode()) < 17 * 1024
+
+
+def test_a_refill_lock_left_by_a_killed_worker_does_not_keep_the_pool_empty(stack: Stack) -> None:
+    env = f"relock-{uuid.uuid4().hex[:6]}"
+    # What a worker killed in the middle of a refill leaves behind (the lock lives 15 minutes).
+    stack.redis.set(f"{stack.prefix}:refilling:testhost:{env}", "1", ex=900)
+    assert stack.put_environment(env, {"warm_pool_size": 2}).status_code == 200
+    stack.kill_worker()
+    stack.start_worker()
+    stack.wait_ready()
+    wait_until(lambda: pool_available(stack, env) == 2, timeout_s=90)
+    assert stack.put_environment(env, {"warm_pool_size": 0}).status_code == 200
+    wait_until(lambda: pool_available(stack, env) == 0)
