@@ -85,7 +85,7 @@ class Refiller:
 
     def _refill_one(self, env_name: str, target: int, running: set[str], room: int | None) -> int:
         host = self.settings.host_id
-        if target > 0 and len(self.store.pool_members(env_name, host)) < target:
+        if target > 0 and self.store.pool_length(env_name, host) < target:
             self._settle(env_name)
             target = self.registry.pool_targets().get(env_name, 0)  # it may have changed meanwhile
         alive = []
@@ -114,9 +114,7 @@ class Refiller:
 
     def _still_short(self, env_name: str) -> bool:
         """Whether the pool still needs a container: its target may drop while a refill of hundreds runs."""
-        return len(self.store.pool_members(env_name, self.settings.host_id)) < self.registry.pool_targets().get(
-            env_name, 0
-        )
+        return self.store.pool_length(env_name, self.settings.host_id) < self.registry.pool_targets().get(env_name, 0)
 
     def _settle(self, env_name: str) -> None:
         """Wait while a burst is starting on this host (at most SETTLE_MAX_S).
@@ -129,10 +127,10 @@ class Refiller:
         """
         host = self.settings.host_id
         deadline = time.monotonic() + SETTLE_MAX_S
-        before = len(self.store.pool_members(env_name, host))
+        before = self.store.pool_length(env_name, host)
         while time.monotonic() < deadline:
             time.sleep(SETTLE_LOOK_S)
-            now = len(self.store.pool_members(env_name, host))
+            now = self.store.pool_length(env_name, host)
             first_calls_waiting = self.store.call_queue_depths([host])[host][0]
             if now >= before and not first_calls_waiting:
                 return

@@ -42,6 +42,15 @@ def redis_counters(url: str) -> tuple[int, float]:
     return int(info["total_commands_processed"]), float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def redis_per_call(stack: Stack, commands0: int, cpu0: float, calls: int, digits: int) -> dict[str, float]:
+    """Redis commands and CPU (ms) per call since the counters read as (commands0, cpu0)."""
+    commands1, cpu1 = redis_counters(stack.redis_url)
+    return {
+        "redis_commands_per_call": round((commands1 - commands0) / max(calls, 1), 1),
+        "redis_cpu_ms_per_call": round((cpu1 - cpu0) * 1000 / max(calls, 1), digits),
+    }
+
+
 def host_of(stack: Stack, rid: str) -> str:
     return str(stack.http.get(f"/v1/rollouts/{rid}").json().get("host"))
 
@@ -68,8 +77,8 @@ def burst(stack: Stack, n: int, tag: str) -> dict[str, Any]:
     with ThreadPoolExecutor(n) as pool:
         list(pool.map(one, rids))
     makespan = time.monotonic() - start
-    commands1, cpu1 = redis_counters(stack.redis_url)
     calls = sum(codes.values())
+    redis_cost = redis_per_call(stack, commands0, cpu0, calls, digits=2)
     per_host = Counter(host_of(stack, rid) for rid in rids)
     settle(stack, rids)
     provisioned_s = max(first_done)
@@ -81,8 +90,7 @@ def burst(stack: Stack, n: int, tag: str) -> dict[str, Any]:
         "calls_per_s": round(calls / makespan, 1),
         "answers": dict(codes),
         "rollouts_per_host": dict(per_host),
-        "redis_commands_per_call": round((commands1 - commands0) / max(calls, 1), 1),
-        "redis_cpu_ms_per_call": round((cpu1 - cpu0) * 1000 / max(calls, 1), 2),
+        **redis_cost,
     }
 
 
@@ -110,8 +118,8 @@ def sustained(stack: Stack, clients: int, seconds: float, tag: str) -> dict[str,
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(loop, rids))
     took = time.monotonic() - start
-    commands1, cpu1 = redis_counters(stack.redis_url)
     calls = sum(done.values())
+    redis_cost = redis_per_call(stack, commands0, cpu0, calls, digits=3)
     per_host = Counter(host_of(stack, rid) for rid in rids)
     settle(stack, rids)
     return {
@@ -119,8 +127,7 @@ def sustained(stack: Stack, clients: int, seconds: float, tag: str) -> dict[str,
         "calls_per_s": round(calls / took, 1),
         "answers": dict(done),
         "rollouts_per_host": dict(per_host),
-        "redis_commands_per_call": round((commands1 - commands0) / max(calls, 1), 1),
-        "redis_cpu_ms_per_call": round((cpu1 - cpu0) * 1000 / max(calls, 1), 3),
+        **redis_cost,
     }
 
 

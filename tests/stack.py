@@ -42,6 +42,14 @@ def wait_until(predicate: Any, timeout_s: float = 60.0, interval_s: float = 0.3)
     raise AssertionError("condition not met in time")
 
 
+def answers_ok(url: str) -> bool:
+    """Whether GET `url` answers 200 now (False while the server is not up yet)."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -41,7 +41,7 @@ class ApiContext:
             queues,
             broker=self.broker,
             pool_targets=self.registry.pool_targets(),
-            call_queue_label=f"{s.instance}.host",  # tool calls: <instance>.host.<id>.calls and .first-calls
+            call_queue_prefix=f"{s.instance}.host",  # tool calls: <instance>.host.<id>.calls and .first-calls
         )
 
     @classmethod

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.stack import ROOT, Stack, free_port
+from tests.stack import ROOT, Stack, answers_ok, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +23,7 @@ def test_an_api_with_two_processes_counts_each_call_once(stack: Stack) -> None:
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the two-process API did not start"
-            time.sleep(0.3)
+        wait_until(lambda: answers_ok(f"{base}/healthz"), timeout_s=60)  # the two-process API is up
 
         def counted() -> float:
             text = httpx.get(f"{base}/metrics", timeout=10).text

@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.stack import ROOT, DockerEngine, RedisServer, Stack, free_port, wait_until
+from tests.stack import ROOT, DockerEngine, RedisServer, Stack, answers_ok, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 MONITORING = ROOT / "monitoring"
@@ -57,16 +57,10 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=log, stderr=log,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError((self.dir / "prometheus.log").read_text()[-2000:])
-            time.sleep(0.3)
+        try:
+            wait_until(lambda: answers_ok(f"{self.url}/-/ready"), timeout_s=30)
+        except AssertionError:
+            raise RuntimeError((self.dir / "prometheus.log").read_text()[-2000:]) from None
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
