@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: up down test unit integration lint deps image monitoring-test bench bench-hosts compose-images compose-smoke
+.PHONY: up down test unit integration lint deps image monitoring-test bench bench-hosts chaos compose-images compose-smoke
 
 up:
 	@bash deploy/up.sh
@@ -27,22 +27,28 @@ monitoring-test: deps
 
 # The burst benchmark against the `make up` stack; writes docs/benchmarks.{md,json}.
 bench: up
-	$(VENV)/sandbox bench burst
+	$(VENV)/python -m tools.bench burst
 
 # One sandbox host against two in the same run (a second dockerd of its own), and a host
 # stopped under live rollouts; writes docs/scaling.json. Stops nothing it did not start.
 bench-hosts: deps
-	$(VENV)/python -m tests.bench_hosts
+	$(VENV)/python -m tools.bench_hosts
+
+# A fault for a drill against the `make up` stack (docs/runbook.md), e.g.
+# make chaos FAULT=remove-container ARGS="--rollout x"; FAULT is remove-container,
+# engine-restart, kill-worker or redis-outage.
+chaos:
+	$(VENV)/python -m tools.chaos $(FAULT) $(ARGS)
 
 unit:
 	$(VENV)/pytest -q tests/unit
 
 integration: deps
-	$(VENV)/pytest -q -ra tests/integration
+	$(VENV)/pytest -q -ra tests/contract tests/integration
 
 lint:
-	$(VENV)/ruff check sandbox tests k8s
-	$(VENV)/ruff format --check sandbox tests k8s
+	$(VENV)/ruff check sandbox tests tools k8s
+	$(VENV)/ruff format --check sandbox tests tools k8s
 	$(VENV)/mypy sandbox
 
 # Docker Compose: build the service, Redis and Prometheus images locally (no registry), and

@@ -88,11 +88,6 @@ def main(argv: list[str] | None = None) -> None:
     beat.add_argument("--beat-schedule", default=".run/celerybeat-schedule")
     beat.add_argument("--log-level", default="warning")
     beat.set_defaults(func=run_beat)
-    from .bench import add_parser as add_bench
-    from .chaos import add_parser as add_chaos
-
-    add_bench(sub)
-    add_chaos(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

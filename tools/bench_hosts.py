@@ -1,6 +1,6 @@
 """One sandbox host against two, in the same run, and what a host stop does to live rollouts.
 
-`python -m tests.bench_hosts [--rollouts N]` (or `make bench-hosts`) builds the same stack
+`python -m tools.bench_hosts [--rollouts N]` (or `make bench-hosts`) builds the same stack
 as the two-host integration test (a private Redis, the API, host A on this machine's
 engine with beat, host B on a dockerd of its own) and measures:
 
@@ -209,11 +209,11 @@ def measure(stack: Stack, engine_b: DockerEngine, n: int, result: dict[str, Any]
     print(json.dumps(result["host_stop"]), flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_hosts", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rollouts", type=int, default=60)
     parser.add_argument("--out", default=str(ROOT / "docs" / "scaling.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result: dict[str, Any] = {"cores": os.cpu_count(), "rollouts": args.rollouts}
     with two_engine_stack(SANDBOX_WORKER_CONCURRENCY="128") as (stack, engine_b):
         try:

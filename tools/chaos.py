@@ -1,4 +1,4 @@
-"""Fault injection for drills: `sandbox chaos ...`.
+"""Fault injection for drills: `python -m tools.chaos ...` (or `make chaos FAULT=...`).
 
 Each fault is one an operator must be able to recognise on the dashboard as
 infrastructure, never as the model: a rollout's container removed, the Docker engine
@@ -16,8 +16,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from .config import get_settings
-from .store import READY, Store
+from sandbox.config import get_settings
+from sandbox.domain.rollout import READY
+from sandbox.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +49,7 @@ def remove_container(args: argparse.Namespace) -> None:
 
     s = get_settings()
     store = Store.from_url(s.redis_url, s.key_prefix, s.lifecycle.retention_s, max_connections=4)
-    ready = [r for r in store.live_rollouts() if r.state == READY and r.host == s.host_id]
+    ready = [r for r in store.rollouts.live() if r.state == READY and r.host == s.host_id]
     if args.rollout:
         ready = [r for r in ready if r.rollout_id == args.rollout]
     if not ready:
@@ -93,8 +94,10 @@ def redis_outage(args: argparse.Namespace) -> None:
     print("Redis started again from its append-only file")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    chaos = sub.add_parser("chaos", help="inject a fault for a drill (see docs/runbook.md)")
+def build_parser() -> argparse.ArgumentParser:
+    chaos = argparse.ArgumentParser(
+        prog="python -m tools.chaos", description="inject a fault for a drill (see docs/runbook.md)"
+    )
     chaos.add_argument("--run-dir", type=Path, default=ROOT / ".run", help="where `make up` keeps its pidfiles")
     kinds = chaos.add_subparsers(dest="fault", required=True)
     rc = kinds.add_parser("remove-container", help="remove a (random) ready rollout's container")
@@ -109,3 +112,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ro = kinds.add_parser("redis-outage", help="stop the Redis make up started, then start it again")
     ro.add_argument("--seconds", type=float, default=5.0)
     ro.set_defaults(func=redis_outage)
+    return chaos
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

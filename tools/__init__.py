@@ -1,0 +1,1 @@
+"""Developer and operator tools (benchmarks, fault injection): not part of the service package."""

@@ -1,0 +1,78 @@
+"""Benchmarks against a running stack: `python -m tools.bench latency|environment|burst`.
+
+This module is the entry point: the command line and nothing else. Each subcommand lives in a
+module of its own: `latency` in bench_latency.py, `environment` in bench_environment.py, and
+`burst` in burst.py (which measures with the burst_* modules and reports with burst_report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tools.bench_environment import run_environment
+from tools.bench_latency import run_latency
+from tools.burst import run_burst
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description="benchmarks against a running stack")
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    lat = kinds.add_parser("latency", help="provisioning and single-call latency, with engine baselines")
+    lat.add_argument("--url", default="http://127.0.0.1:8000")
+    lat.add_argument("--token", default="")
+    lat.add_argument("--rollouts", type=int, default=10)
+    lat.add_argument("--calls", type=int, default=300)
+    lat.add_argument("--image", default="rollout-sandbox:bookworm")
+    lat.add_argument("--json", type=Path, help="also write the figures to this file")
+    lat.set_defaults(func=run_latency)
+    envb = kinds.add_parser("environment", help="environment preparation, rollout start and grader latency")
+    envb.add_argument("--url", default="http://127.0.0.1:8000")
+    envb.add_argument("--token", default="")
+    envb.add_argument("--repo", type=Path, required=True, help="a git repository under SANDBOX_WORKSPACE_ROOTS")
+    envb.add_argument("--commit", default="HEAD")
+    envb.add_argument("--rollouts", type=int, default=10)
+    envb.add_argument("--grades", type=int, default=100)
+    envb.add_argument("--json", type=Path)
+    envb.set_defaults(func=run_environment)
+    bur = kinds.add_parser(
+        "burst", help="N new rollouts at once (warm, cold), sustained and single-call load, with baselines"
+    )
+    bur.add_argument("--url", default="http://127.0.0.1:8000")
+    bur.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else RUN_DIR/api-token")
+    bur.add_argument("--rollouts", type=int, default=500, help="N: new rollouts in each burst")
+    bur.add_argument("--calls", type=int, default=4, help="K: calls per rollout (echo, ls, read_file, grep; cycled)")
+    bur.add_argument(
+        "--scenarios",
+        type=_scenarios,
+        default=["warm", "cold"],
+        help="warm,cold (default both); none: only the sustained and single-call phases",
+    )
+    bur.add_argument("--sustained-seconds", type=float, default=20.0)
+    bur.add_argument("--sustained-rollouts", type=int, default=32)
+    bur.add_argument("--json", type=Path, default=Path("docs/benchmarks.json"))
+    bur.add_argument("--markdown", type=Path, default=Path("docs/benchmarks.md"))
+    bur.add_argument("--skip-baselines", action="store_true", help="no raw docker run / docker exec baselines")
+    bur.add_argument("--image", default="rollout-sandbox:bookworm", help="image of the raw docker baselines")
+    bur.add_argument("--run-dir", type=Path, default=Path(".run"), help="holds api.pid and worker.pid (memory)")
+    bur.add_argument("--pool-timeout", type=float, default=900.0, help="longest wait for the warm pool to fill, s")
+    bur.set_defaults(func=run_burst)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+def _scenarios(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["none"]:  # e.g. to compare CPU per call between two builds in a few minutes
+        return []
+    if not names or set(names) - {"warm", "cold"}:
+        raise argparse.ArgumentTypeError(f"scenarios are warm and/or cold, comma-separated, not {text!r}")
+    return names
+
+
+if __name__ == "__main__":
+    main()
