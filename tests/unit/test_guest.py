@@ -306,13 +306,51 @@ def test_read_nul_after_probe_window_is_text(guest, files):
 # --- in-process checks of pieces that are hard to provoke for real ----------------------
 
 
+GUEST_SIBLINGS = ("guest_shell", "guest_files", "guest_common", "guest_protocol")
+
+
+class GuestNamespace:
+    """guest.py and the sibling modules it imports, seen as the one module the guest once was.
+
+    A name is read from the first module that has it. Setting it (monkeypatch) overrides it
+    in every module that has it, so the guest's own code uses the override; deleting it
+    (monkeypatch's undo) puts the modules' own values back.
+    """
+
+    def __init__(self, modules: list[Any]) -> None:
+        object.__setattr__(self, "_modules", modules)
+        object.__setattr__(self, "_saved", {})
+
+    def __getattr__(self, name: str) -> Any:
+        for module in self._modules:
+            if hasattr(module, name):
+                return getattr(module, name)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        owners = [module for module in self._modules if hasattr(module, name)]
+        if not owners:
+            raise AttributeError(name)
+        for module in owners:
+            self._saved.setdefault((module, name), getattr(module, name))
+            setattr(module, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        for (module, saved_name), value in list(self._saved.items()):
+            if saved_name == name:
+                setattr(module, name, value)
+                del self._saved[module, name]
+
+
 def load_guest_module():
+    for name in GUEST_SIBLINGS:  # loaded afresh each time, like guest.py itself
+        sys.modules.pop(name, None)
     spec = importlib.util.spec_from_file_location("sandbox_guest_under_test", GUEST)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while it loads
-    spec.loader.exec_module(module)
-    return module
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)  # imports its siblings from its own directory
+    return GuestNamespace([module, *(sys.modules[name] for name in GUEST_SIBLINGS)])
 
 
 def test_head_tail_buffer_streams_in_small_writes():

@@ -1,0 +1,232 @@
+"""The guest executor's wire protocol, version 1: the one place it is defined.
+
+The guest (guest.py and its guest_*.py siblings, stdlib Python) runs inside every sandbox
+container; the host worker talks to it (sandbox/backends/guest_client.py, docker.py). Both
+sides build and read messages through the TypedDicts and constants below, and a guest in
+another language (a native Go guest, say) implements exactly what this docstring says.
+Stdlib only: the host imports it as `sandbox.guest.guest_protocol`, the guest in the
+container as the top-level module `guest_protocol` (its directory is on sys.path there).
+
+Transport
+---------
+serve mode, the normal one; the container's main process:
+
+    python3 /opt/sandbox-guest/guest.py serve --socket PATH --user USER --workdir DIR
+
+- A unix stream socket at PATH, mode 0600 (no moment where it is wider); a missing parent
+  directory is created 0700, a stale file at PATH is replaced. The socket is bound only
+  after a warm-up command has run, so a socket that answers `ping` means ready and fast.
+- One request per connection. The client sends one JSON object, UTF-8, on one line ended
+  by "\\n" (or by shutting down its write side); the guest answers with one JSON object on
+  one line ended by "\\n" (UTF-8, compact, non-ASCII not escaped) and closes. A request
+  line over MAX_REQUEST bytes (4 MiB, the newline included) is answered with an error; a
+  connection whose request stalls for 60 s is closed without an answer.
+- Connections are served concurrently, a thread each. SIGTERM ends the server (exit 0)
+  and removes the socket.
+
+once mode, the fallback through `docker exec` (one process per request):
+
+    python3 /opt/sandbox-guest/guest.py once BASE64 --user USER --workdir DIR
+
+- BASE64 is the standard base64 of the request's JSON. The reply is printed the same way,
+  one line, the last line of stdout. Exit status 0 whenever the request was decoded (error
+  replies included); 2 when BASE64 is not base64 of a JSON object, with the reply
+  {"error": "could not decode the request: ..."}.
+
+Both modes: --user names the user commands run as (honoured only when the guest runs as
+root; otherwise commands run as the guest's own user); --workdir (default /workspace) is
+what relative `cwd` and `path` fields are resolved against.
+
+Requests and replies
+--------------------
+Every request is a JSON object with a string "op"; fields a request does not use are
+ignored. An optional field that is absent or null takes its default. Integers are JSON integers
+(true/false are not integers); numbers are integers or finite floats.
+
+ping -> PingReply
+    {"op": "ping"}
+    reply: {"ok": true, "version": VERSION, "pid": <the guest's pid>}
+
+shell -> ShellReply | ErrorReply
+    command      string, required, no NUL. Run as `bash -c COMMAND`.
+    timeout      number > 0, seconds; default DEFAULT_TIMEOUT (60). The command's deadline;
+                 the guest sets no upper bound. Cleanup can take ~2 s more: wait longer.
+    output_cap   integer >= 0, bytes; default DEFAULT_CAP (65536); above MAX_OUTPUT_CAP
+                 (16 MiB) it is taken as 16 MiB.
+    cwd          string or null; null or "" means the workdir, a relative path is relative
+                 to it. Entered as the user; where the user may not enter it, the command
+                 starts in the user's home directory instead, failing that in /.
+    stdin is /dev/null; stdout and stderr share one pipe; the environment is exactly
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin, HOME, USER and LOGNAME
+    of the user, LANG=C.UTF-8, TERM=dumb, SHELL=/bin/bash.
+    reply:
+      exit_code        int | null: bash's exit status; null if a signal killed it or it timed out
+      signal           int | null: the signal that killed bash; 9 (SIGKILL) when timed out
+      timed_out        bool: the deadline passed while bash was still running
+      oom_killed       bool: killed by the kernel's OOM killer (Guarantees, below)
+      output           string: stdout+stderr as kept by the output cap, decoded as UTF-8
+                       (invalid bytes become U+FFFD)
+      output_bytes     int: bytes the command wrote in all
+      truncated_bytes  int: bytes left out of the middle of output; 0 when all of it fits
+      duration_ms      float: wall time from the start to the end of cleanup, ms, 3 decimals
+
+read_file -> ReadFileReply | ErrorReply
+    path         string, required, non-empty, no NUL; relative to the workdir, an absolute
+                 path is used as it is.
+    start_line   integer | null: first line wanted, 1-based; default 1.
+    end_line     integer | null: last line wanted, inclusive; default the file's last line.
+    output_cap   as for shell.
+    The guest reads the file itself, as its own user (not as --user). It reads regular
+    files only (stat first: devices are never opened), at most MAX_FILE_READ (64 MiB) of
+    one, and calls a file binary when one of its first BINARY_PROBE (8 KiB) bytes is NUL.
+    Lines end at "\\n"; a last line without one counts as a line.
+    reply:
+      status           one of READ_FILE_STATUSES:
+                         ok                  content holds the lines asked for ("" when the
+                                             file is empty)
+                         not_found           no such file, or it could not be opened at all
+                         is_a_directory
+                         not_a_regular_file  a device, FIFO, socket...
+                         permission_denied
+                         binary              a NUL byte within the first 8 KiB
+                         invalid_range       start_line < 1, end_line < start_line, or
+                                             start_line past the last line of a non-empty file
+      content          string: the selected lines, newlines included, capped like shell's
+                       output; "" unless status is ok
+      total_lines      int: lines in the file (in its first 64 MiB); 0 unless status is ok or
+                       invalid_range
+      output_bytes     int: bytes of the selected lines
+      truncated_bytes  int: bytes left out of the middle of content
+      message          string: why, for every status but ok, for people; with ok, "" or
+                       "only the first 64 MiB were read"
+
+Errors
+------
+Instead of its reply, any request can get ErrorReply {"error": "<message>"}: a request
+that is not a JSON object, not valid JSON, too large, has an unknown op or a field of the
+wrong type or range (the message names the field), a shell request for a --user that does
+not exist ("no such user: USER"), a read that failed after the file was opened ("could not
+read PATH: ..."), or a bug ("internal error: ..."). One error carries two more fields: a
+shell command that could not be started ("could not start the command: ..."), with
+    retryable       bool: the start failed with EAGAIN, ENOMEM, EMFILE or ENFILE, after the
+                    guest retried for about 1 s
+    pids_exhausted  bool: it failed with EAGAIN, i.e. the container's pids limit is used up,
+                    by the sandbox's own processes (nothing else runs there)
+Clients tell an error from a reply by the key "error". The server outlives every request.
+
+Guarantees
+----------
+- Commands run as --user, the unprivileged sandbox user, with its uid, gid and groups, each
+  as the leader of a process group of its own.
+- At the deadline the whole group is SIGKILLed, again and again until it is empty (for at
+  most ~2 s, against fork bombs). When bash exits by itself, what it left in the background
+  gets 0.1 s to close the output pipe, then the group is killed the same way. So nothing of
+  a command's process group survives its call (a process that moves itself into another
+  group or session, with setsid, is outside that).
+- Output is kept as head + tail: of a cap C, the first C // 2 bytes and the last C - C // 2.
+  When bytes were left out, output is head + "\\n[... N bytes omitted ...]\\n" + tail, with
+  N = truncated_bytes (the marker is not counted in the cap), decoded after joining; the
+  guest's memory stays bounded however much a command prints. read_file's content alike.
+- OOM evidence: oom_killed is true only when bash died of SIGKILL without timing out and the
+  cgroup's oom_kill counter (/sys/fs/cgroup/memory.events; cgroup v1: memory.oom_control)
+  grew during the call. With no readable counter it is false.
+
+Versions
+--------
+ping reports VERSION. It changes when a change would break an existing client or guest
+(a field removed or renamed, a meaning changed); a new optional field does not change it.
+"""
+
+from typing import Final, Literal, Required, TypedDict, get_args
+
+VERSION: Final = 1
+
+OP_PING: Final = "ping"
+OP_SHELL: Final = "shell"
+OP_READ_FILE: Final = "read_file"
+
+MAX_REQUEST: Final = 4 * 1024 * 1024  # bytes of one request line, its newline included
+DEFAULT_TIMEOUT: Final = 60.0  # shell: seconds
+DEFAULT_CAP: Final = 65536  # output_cap: bytes
+MAX_OUTPUT_CAP: Final = 16 * 1024 * 1024  # bounds the guest's memory whatever the client asks
+MAX_FILE_READ: Final = 64 * 1024 * 1024  # read_file reads no further
+BINARY_PROBE: Final = 8192  # read_file: a NUL byte in this many first bytes means binary
+
+ReadFileStatus = Literal[
+    "ok",
+    "not_found",
+    "is_a_directory",
+    "not_a_regular_file",
+    "permission_denied",
+    "binary",
+    "invalid_range",
+]
+READ_FILE_STATUSES: Final[tuple[ReadFileStatus, ...]] = get_args(ReadFileStatus)
+
+
+class PingRequest(TypedDict):
+    op: Literal["ping"]
+
+
+class PingReply(TypedDict):
+    ok: bool  # always true
+    version: int  # VERSION
+    pid: int  # the guest's process id
+
+
+class ShellRequest(TypedDict, total=False):
+    op: Required[Literal["shell"]]
+    command: Required[str]
+    timeout: float | None  # seconds, > 0; default DEFAULT_TIMEOUT
+    output_cap: int | None  # bytes, >= 0; default DEFAULT_CAP, at most MAX_OUTPUT_CAP
+    cwd: str | None  # default the workdir; relative to it
+
+
+class ShellReply(TypedDict):
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    oom_killed: bool
+    output: str
+    output_bytes: int
+    truncated_bytes: int
+    duration_ms: float
+
+
+class ReadFileRequest(TypedDict, total=False):
+    op: Required[Literal["read_file"]]
+    path: Required[str]
+    start_line: int | None  # 1-based; default 1
+    end_line: int | None  # inclusive; default the last line
+    output_cap: int | None  # as ShellRequest's
+
+
+class ReadFileReply(TypedDict):
+    status: ReadFileStatus
+    content: str
+    total_lines: int
+    output_bytes: int
+    truncated_bytes: int
+    message: str
+
+
+class ErrorReply(TypedDict, total=False):
+    error: Required[str]
+    retryable: bool  # only when a shell command could not be started
+    pids_exhausted: bool  # likewise
+
+
+Request = PingRequest | ShellRequest | ReadFileRequest
+Reply = PingReply | ShellReply | ReadFileReply | ErrorReply
+
+PING: Final[PingRequest] = {"op": OP_PING}
+
+
+def shell_request(command: str, timeout: float, output_cap: int, cwd: str | None = None) -> ShellRequest:
+    """A shell request; cwd None means the guest's workdir."""
+    return {"op": OP_SHELL, "command": command, "timeout": timeout, "output_cap": output_cap, "cwd": cwd}
+
+
+def read_file_request(path: str, start_line: int | None, end_line: int | None, output_cap: int) -> ReadFileRequest:
+    """A read_file request; None for a line means from the first line or to the last."""
+    return {"op": OP_READ_FILE, "path": path, "start_line": start_line, "end_line": end_line, "output_cap": output_cap}
