@@ -22,8 +22,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 from . import __version__
-from .hosts import STATUSES, HostView
-from .outcomes import OUTCOME_REASONS, TOOLS, InfraReason
+from .domain.hosts import STATUSES, HostView
+from .domain.outcomes import OUTCOME_REASONS, TOOLS, InfraReason
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CALL_COUNT_BUCKETS = (0, 1, 2, 4, 6, 8, 10, 15, 20, 30, 50, 100, 200)
@@ -129,7 +129,7 @@ def observe_rollout_end(how: str, tool_calls: int, duration_s: float) -> None:
 class StateCollector(Collector):
     """Gauges read from Redis at scrape time: live sandboxes, backlog, queues, hosts, pools.
 
-    `state` returns a snapshot dict (see `Store.state_snapshot`); when it raises, the scrape
+    `state` returns a snapshot dict (see sandbox/api/state.py); when it raises, the scrape
     still answers, with `sandbox_store_up 0`.
     """
 

@@ -17,21 +17,10 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from .errors import BadRequest, SandboxError
+from .domain.errors import WorkspaceForbidden, WorkspaceInvalid
 
 MAX_LISTED_FILES = 200_000
 GIT_TIMEOUT_S = 600
-
-
-class WorkspaceForbidden(SandboxError):
-    """The workspace path is outside the allowed roots."""
-
-    code = "workspace_forbidden"
-    http_status = 403
-
-
-class WorkspaceInvalid(BadRequest):
-    code = "invalid_workspace"
 
 
 def confine(path: str, roots: list[Path]) -> Path:

@@ -6,7 +6,7 @@ import hmac
 
 from fastapi import Request
 
-from ..errors import Unauthorized
+from ..domain.errors import Unauthorized
 
 
 async def require_token(request: Request) -> None:

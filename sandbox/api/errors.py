@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import SandboxError
+from ..domain.errors import SandboxError
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = "2"

@@ -1,45 +1,16 @@
 """The backend protocol: what the service needs from a container engine.
 
 The service speaks only this protocol; `docker.py` is the one implementation and the
-only module that imports the Docker SDK.
+only module that imports the Docker SDK. tests/fakes/backend.py is an in-memory one for
+unit tests, held to the same contract tests (tests/contract/) as the Docker backend.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-LABEL_ROLLOUT = "sandbox.rollout_id"
-LABEL_ENVIRONMENT = "sandbox.environment"
-LABEL_INSTANCE = "sandbox.instance"
-LABEL_HOST = "sandbox.host"
-LABEL_ROLE = "sandbox.role"
-
-
-@dataclass(frozen=True)
-class SandboxSpec:
-    """Everything needed to create one rollout's container."""
-
-    name: str
-    image: str
-    labels: dict[str, str]
-    memory_bytes: int
-    cpus: float
-    pids: int
-    workdir: str
-    user: str
-
-
-@dataclass(frozen=True)
-class SandboxInfo:
-    """A container as the engine reports it (for the reconciler)."""
-
-    name: str
-    container_id: str
-    rollout_id: str
-    running: bool
-    created_at: float
-    labels: dict[str, str] = field(default_factory=dict)
+from ..domain.container import SandboxInfo, SandboxSpec
+from ..guest.guest_protocol import Request
 
 
 class Backend(Protocol):
@@ -55,8 +26,8 @@ class Backend(Protocol):
         """Block until the container's guest answers. Raises ProvisionFailed."""
         ...
 
-    def request(self, name: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Send one request to the container's guest and return its reply.
+    def request(self, name: str, payload: Request, timeout_s: float) -> dict[str, Any]:
+        """Send one request to the container's guest and return its reply (sandbox/guest/guest_protocol.py).
 
         Raises SandboxLost when the container is gone, EngineUnavailable when the engine
         does not answer.

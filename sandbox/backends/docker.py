@@ -20,8 +20,9 @@ import requests
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount
 
-from ..errors import EngineUnavailable, InternalError, ProvisionFailed, SandboxLost
-from .base import LABEL_ROLLOUT, SandboxInfo, SandboxSpec
+from ..domain.container import LABEL_ROLLOUT, LABEL_USER, SandboxInfo, SandboxSpec
+from ..domain.errors import EngineUnavailable, InternalError, ProvisionFailed, SandboxLost
+from ..guest.guest_protocol import PING, Request
 from .guest_client import GuestProtocolError, GuestUnreachable, call_guest
 
 GUEST_MOUNT = "/opt/sandbox-guest"
@@ -121,7 +122,7 @@ class DockerBackend:
         nap = 0.01
         while True:
             try:
-                if call_guest(sock, {"op": "ping"}, timeout_s=2.0).get("ok"):
+                if call_guest(sock, PING, timeout_s=2.0).get("ok"):
                     return
             except (GuestUnreachable, GuestProtocolError, OSError):
                 pass
@@ -191,7 +192,7 @@ class DockerBackend:
             raise ProvisionFailed(f"building environment image {tag} failed: {exc}") from exc
 
     # --- requests to the guest ---
-    def request(self, name: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def request(self, name: str, payload: Request, timeout_s: float) -> dict[str, Any]:
         sock = self.socket_dir(name) / SOCKET_NAME
         try:
             return call_guest(sock, payload, timeout_s + REPLY_SLACK_S)
@@ -221,9 +222,9 @@ class DockerBackend:
             )
         return container
 
-    def _exec_once(self, container: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    def _exec_once(self, container: Any, payload: Request) -> dict[str, Any]:
         encoded = base64.b64encode(json.dumps(payload).encode()).decode()
-        user = container.labels.get("sandbox.user", "sandbox")
+        user = container.labels.get(LABEL_USER, "sandbox")
         workdir = container.attrs["Config"].get("WorkingDir") or "/"
         cmd = ["python3", f"{GUEST_MOUNT}/guest.py", "once", encoded, "--user", user, "--workdir", workdir]
         try:

@@ -1,4 +1,4 @@
-"""Client of the in-container guest executor (sandbox/guest/guest.py) over its unix socket.
+"""Client of the in-container guest executor over its unix socket (protocol: sandbox/guest/guest_protocol.py).
 
 One request per connection: a JSON line out, a JSON line back. No network is needed:
 the socket lives in a host directory bind-mounted into the container.
@@ -11,6 +11,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from ..guest.guest_protocol import Request
+
 MAX_REPLY_BYTES = 8 * 1024 * 1024
 
 
@@ -22,7 +24,7 @@ class GuestProtocolError(Exception):
     """The guest answered something that is not a reply."""
 
 
-def call_guest(socket_path: Path, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def call_guest(socket_path: Path, payload: Request, timeout_s: float) -> dict[str, Any]:
     """Send `payload` to the guest at `socket_path` and wait up to `timeout_s` for its reply."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)

@@ -8,7 +8,7 @@ the publish at a fifth of the API's. A tool call needs none of it:
   worker that dies mid-call shows as `worker_lost` (the API sees it was started);
 - it carries its own deadline (`expires_at`): one that waited too long is answered
   `queue_timeout` without running, so a call the API gave up on never runs behind its back;
-- its reply goes back on a list the API blocks on (Store.push_reply).
+- its reply goes back on a list the API blocks on (store.queues.push_reply).
 
 First calls of a rollout have their own list, which every thread reads first: at the
 start of a training step the trainer waits for every rollout's first answer, so those
@@ -20,37 +20,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
-from ..errors import InfraError
-from ..execution import Executor
+from ..domain.errors import InfraError
+from ..domain.messages import CallReply, CallRequest
+from ..domain.outcomes import InfraReason
 from ..store import Store
+from .executor import Executor
 
 log = logging.getLogger(__name__)
 POP_TIMEOUT_S = 1.0  # how often an idle thread looks at the stop flag
 
 
-def run_call(executor: Executor, store: Store, request: dict[str, Any]) -> None:
+def run_call(executor: Executor, store: Store, request: CallRequest) -> None:
     """Run one queued call and deliver its reply; never raises (the API would wait in vain)."""
-    reply_id = request["reply_id"]
-    expires_at = float(request.get("expires_at") or 0)
-    if expires_at and time.time() > expires_at:
-        waited = time.time() - float(request.get("queued_at") or expires_at)
-        reply: dict[str, Any] = {
-            "infra": {"reason": "queue_timeout", "message": f"the call waited {waited:.1f} s for this host; not run"}
-        }
+    now = time.time()
+    if request.expires_at and now > request.expires_at:
+        waited = now - (request.queued_at or request.expires_at)
+        reply = CallReply.infra(InfraReason.QUEUE_TIMEOUT, f"the call waited {waited:.1f} s for this host; not run")
     else:
         try:
             reply = executor.execute(request)  # marks the call started (worker_lost vs queue_timeout)
         except InfraError as exc:
-            reply = {"infra": {"reason": exc.reason.value, "message": exc.message}}
+            reply = CallReply.failed(exc)
         except Exception as exc:  # never leave the API waiting for a reply that will not come
-            log.exception("execute crashed for rollout %s", request.get("rollout_id"))
-            reply = {"infra": {"reason": "internal", "message": f"internal error: {exc}"}}
+            log.exception("execute crashed for rollout %s", request.rollout_id)
+            reply = CallReply.infra(InfraReason.INTERNAL, f"internal error: {exc}")
     try:
-        store.push_reply(reply_id, reply)
+        store.queues.push_reply(request.reply_id, reply)
     except InfraError:
-        log.error("cannot deliver reply %s: state store unavailable", reply_id)
+        log.error("cannot deliver reply %s: state store unavailable", request.reply_id)
 
 
 class CallConsumers:
@@ -79,10 +77,13 @@ class CallConsumers:
     def _loop(self) -> None:
         while not self.stop.is_set():
             try:
-                request = self.store.pop_call(self.host_id, POP_TIMEOUT_S)
+                request = self.store.queues.pop_call(self.host_id, POP_TIMEOUT_S)
             except InfraError:
                 log.warning("cannot read the call queue of host %s: state store unavailable", self.host_id)
                 self.stop.wait(POP_TIMEOUT_S)
+                continue
+            except (KeyError, TypeError, ValueError):  # not a CallRequest: nobody to answer, drop it
+                log.exception("dropped a malformed call request on the queue of host %s", self.host_id)
                 continue
             if request is not None:
                 run_call(self.executor, self.store, request)

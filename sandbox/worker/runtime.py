@@ -8,20 +8,20 @@ import time
 from functools import cached_property
 
 from .. import metrics
-from ..backends.base import LABEL_HOST, LABEL_INSTANCE
 from ..backends.docker import DockerBackend
 from ..config import Settings, get_settings
+from ..dispatch.celery_dispatcher import CeleryDispatcher
+from ..domain.container import host_labels
+from ..domain.errors import InfraError
+from ..domain.hosts import FailureWindow, HostView, pick_host, views
 from ..environments import EnvironmentRegistry
-from ..errors import InfraError
-from ..execution import Executor
-from ..hosts import FailureWindow, HostView, pick_host, views
-from ..lifecycle import HostWatch, Reaper, Reconciler
-from ..pools import Refiller
-from ..preparation import Preparer
-from ..rollouts import Provisioner
 from ..store import Store
 from .call_queue import CallConsumers
-from .dispatch import CeleryDispatcher
+from .executor import Executor
+from .maintenance import HostWatch, Reaper, Reconciler
+from .preparation import Preparer
+from .provisioner import Provisioner
+from .refiller import Refiller
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,9 @@ class WorkerRuntime:
 
     @cached_property
     def dispatcher(self) -> CeleryDispatcher:
-        from .app import celery_app
+        from .app import worker_celery
 
-        return CeleryDispatcher(celery_app, self.settings, self.store)
+        return CeleryDispatcher(worker_celery(), self.settings, self.store)
 
     @cached_property
     def registry(self) -> EnvironmentRegistry:
@@ -133,7 +133,7 @@ class WorkerRuntime:
         """
         now = time.time()
         if now - self._views_at > 1.0:  # a burst of provisioning tasks shares one look-up
-            self._views, self._views_at = views(self.store.hosts(), now), now
+            self._views, self._views_at = views(self.store.hosts.registrations(), now), now
         me = self._views.get(self.settings.host_id)
         spiking = self.failures.quarantined_until() > now
         if not force and (me is None or (me.takes_new_rollouts and not spiking)):
@@ -150,9 +150,7 @@ class WorkerRuntime:
         h = self.settings.hosts
         try:
             self.backend.ping()
-            containers = len(
-                self.backend.list({LABEL_INSTANCE: self.settings.instance, LABEL_HOST: self.settings.host_id})
-            )
+            containers = len(self.backend.list(host_labels(self.settings)))
             healthy = "1"
         except InfraError:
             containers, healthy = 0, "0"
@@ -173,18 +171,13 @@ class WorkerRuntime:
             while not self._stop.is_set():
                 info = self.registration()
                 try:
-                    self.store.register_host(self.settings.host_id, info)
+                    self.store.hosts.register(self.settings.host_id, info)
                 except InfraError:
                     log.warning("cannot register host %s: state store unavailable", self.settings.host_id)
                 self._stop.wait(self.settings.hosts.heartbeat_s)
 
         self._started_at = time.time()
         threading.Thread(target=beat, name="host-heartbeat", daemon=True).start()
-
-    def own_view(self) -> HostView | None:
-        """This host as the others see it (its last registration), or None before the first beat."""
-        info = self.store.hosts().get(self.settings.host_id)
-        return HostView(self.settings.host_id, info, time.time()) if info else None
 
     def stop(self) -> None:
         # The registration stays: a restarting worker is not a dead host. One that never

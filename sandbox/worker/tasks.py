@@ -10,10 +10,11 @@ from celery import signals
 from prometheus_client import start_http_server
 
 from .. import metrics
-from ..hosts import views as host_views
-from .app import celery_app
-from .call_queue import run_call
+from ..domain.hosts import views as host_views
+from .app import worker_celery
 from .runtime import runtime
+
+celery_app = worker_celery()  # this module is imported by the worker at start (the app's `include`)
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,6 @@ def provision(rollout_id: str, attempt: int, placed: bool = False) -> str:
     return rt.provisioner.provision(rollout_id, attempt, may_move=not placed)
 
 
-@celery_app.task(name="sandbox.execute", acks_late=False)
-def execute(request: dict[str, Any]) -> None:
-    # Calls now come through the host's call queue (call_queue.py). This task stays one
-    # release for API replicas of 0.1 still sending it during a rolling upgrade.
-    rt = runtime()
-    run_call(rt.executor, rt.store, request)
-
-
 @celery_app.task(name="sandbox.destroy", acks_late=True)
 def destroy(rollout_id: str, container_name: str) -> bool:
     rt = runtime()
@@ -58,7 +51,7 @@ def reap() -> int:
 
 def _to_every_host(send: Callable[[str], None]) -> int:
     """Beat runs in one place; work on containers must run on each host's own queue."""
-    serving = [h for h, view in host_views(runtime().store.hosts()).items() if view.serves]
+    serving = [h for h, view in host_views(runtime().store.hosts.registrations()).items() if view.serves]
     for host_id in serving:
         send(host_id)
     return len(serving)

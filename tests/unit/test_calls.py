@@ -6,18 +6,16 @@ import pickle
 
 import pytest
 
-from sandbox import errors
-from sandbox.calls import (
+from sandbox.config import Settings
+from sandbox.domain import errors
+from sandbox.domain.calls import (
     ReadFileArgs,
     ShellArgs,
-    cap_text,
     parse_tool_call,
-    read_file_outcome,
-    shell_outcome,
     validate_read_file,
     validate_shell,
 )
-from sandbox.config import Settings
+from sandbox.domain.classify import cap_text, read_file_outcome, shell_outcome
 
 
 def shell_limits() -> dict[str, float | int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.hosts import DOWN, FULL, QUARANTINED, UP, FailureWindow, HostView, pick_host
+from sandbox.domain.hosts import DOWN, FULL, QUARANTINED, UP, FailureWindow, HostView, pick_host
 
 NOW = 1_000_000.0
 

@@ -1,11 +1,11 @@
-"""Admission of tool calls in one API process: a few at a time, first calls first (sandbox/priority.py)."""
+"""Admission of tool calls in one API process: a few at a time, first calls first (sandbox/api/admission.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from sandbox.priority import NO_TICKET, CallAdmission
+from sandbox.api.admission import NO_TICKET, CallAdmission
 
 
 def _enter_in_thread(admission: CallAdmission, first: bool, order: list[str], name: str) -> threading.Thread:

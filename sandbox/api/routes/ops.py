@@ -10,19 +10,25 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ... import metrics
-from ...errors import InfraError
-from ...hosts import FULL, UP, views
+from ...domain.errors import InfraError
+from ...domain.hosts import FULL, UP, views
 from ..context import ApiContext
+from ..schemas import METRICS_RESPONSES, Health, Readiness
 
 router = APIRouter()
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict[str, str]:
+    """The process is up."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: the checks say what is missing"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Ready when Redis, the broker and at least one sandbox host (up or full) answer.
 
@@ -44,7 +50,7 @@ async def readyz(request: Request) -> JSONResponse:
         except Exception as exc:  # kombu raises many kinds; any of them means not ready
             checks["broker"] = f"unavailable: {exc}"
         try:
-            hosts = views(ctx.store.hosts())
+            hosts = views(ctx.store.hosts.registrations())
         except InfraError:
             hosts = {}
         checks["hosts"] = {h: view.public() for h, view in hosts.items()}
@@ -58,8 +64,10 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+# response_class=Response: the document shows the text format below instead of a JSON body.
+@router.get("/metrics", response_class=Response, responses=METRICS_RESPONSES)
 async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus metrics; names start with sandbox_."""
     ctx: ApiContext = request.app.state.ctx
     # The state gauges read Redis: off the event loop, like every other Redis access.
     body = await anyio.to_thread.run_sync(metrics.exposition, request.app.state.state_collector, limiter=ctx.limiter)

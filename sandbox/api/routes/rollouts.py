@@ -7,25 +7,31 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
-from ...errors import RolloutNotFound
 from ..auth import require_token
 from ..context import ApiContext
+from ..schemas import (
+    PreProvisionRequest,
+    PreProvisionResult,
+    RolloutView,
+    TrajectoryView,
+    error_responses,
+)
 
 router = APIRouter(prefix="/v1/rollouts", dependencies=[Depends(require_token)])
+_NOT_FOUND = {404: "No rollout of this id (rollout_not_found)"}
+# Routes returning a dict are serialized through their response model; exclude_unset keeps keys the
+# service leaves out (a trajectory entry's `error`) out, so the JSON is the dict as built.
 
 
-class PreProvisionEntry(BaseModel):
-    rollout_id: str
-    item: dict[str, Any] | None = None
-
-
-class PreProvisionRequest(BaseModel):
-    rollouts: list[PreProvisionEntry] = Field(max_length=5000)
-
-
-@router.post("", status_code=202)
+@router.post(
+    "",
+    status_code=202,
+    response_model=PreProvisionResult,
+    responses=error_responses(
+        400, 401, 404, 503, descriptions={404: "An item names an unknown environment: nothing was queued"}
+    ),
+)
 async def pre_provision(request: Request, body: PreProvisionRequest) -> JSONResponse:
     """Queue containers for a burst of rollouts; answers at once."""
     ctx: ApiContext = request.app.state.ctx
@@ -37,22 +43,29 @@ async def pre_provision(request: Request, body: PreProvisionRequest) -> JSONResp
     return JSONResponse({"rollouts": accepted}, status_code=202)
 
 
-@router.get("/{rollout_id}")
+@router.get(
+    "/{rollout_id}",
+    response_model=RolloutView,
+    response_model_exclude_unset=True,
+    responses=error_responses(401, 404, 503, descriptions=_NOT_FOUND),
+)
 async def get_rollout(rollout_id: str, request: Request) -> dict[str, Any]:
     ctx: ApiContext = request.app.state.ctx
     rec = await anyio.to_thread.run_sync(ctx.rollouts.get, rollout_id, limiter=ctx.limiter)
     return rec.public()
 
 
-@router.get("/{rollout_id}/trajectory")
+@router.get(
+    "/{rollout_id}/trajectory",
+    response_model=TrajectoryView,
+    response_model_exclude_unset=True,
+    responses=error_responses(401, 404, 503, descriptions=_NOT_FOUND),
+)
 async def get_trajectory(rollout_id: str, request: Request) -> dict[str, Any]:
     ctx: ApiContext = request.app.state.ctx
 
     def load() -> dict[str, Any]:
-        rec = ctx.store.get_rollout(rollout_id)
-        calls = ctx.store.trajectory(rollout_id)
-        if rec is None and not calls:
-            raise RolloutNotFound(f"no rollout {rollout_id!r}")
+        rec, calls = ctx.rollouts.trajectory(rollout_id)
         return {
             "rollout_id": rollout_id,
             "state": rec.state if rec else None,
@@ -63,8 +76,14 @@ async def get_trajectory(rollout_id: str, request: Request) -> dict[str, Any]:
     return await anyio.to_thread.run_sync(load, limiter=ctx.limiter)
 
 
-@router.delete("/{rollout_id}")
+@router.delete(
+    "/{rollout_id}",
+    response_model=RolloutView,
+    response_model_exclude_unset=True,
+    responses=error_responses(401, 404, 503, descriptions=_NOT_FOUND),
+)
 async def release_rollout(rollout_id: str, request: Request) -> dict[str, Any]:
+    """Release the rollout's container; idempotent. Answers the record as it is after the release."""
     ctx: ApiContext = request.app.state.ctx
     rec = await anyio.to_thread.run_sync(ctx.rollouts.release, rollout_id, limiter=ctx.limiter)
     return rec.public()

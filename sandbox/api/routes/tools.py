@@ -3,33 +3,72 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
-from ...calls import CallResult, check_tool, parse_tool_call
-from ...errors import BadRequest, SandboxError
+from ...domain.calls import CallResult, check_tool, parse_tool_call
+from ...domain.errors import BadRequest, PayloadTooLarge
 from ..auth import require_token
 from ..context import ApiContext
+from ..schemas import (
+    ROLLOUT_ID_HEADER,
+    TOOL_CALL_HEADERS,
+    TOOL_PATH_SCHEMA_EXTRA,
+    FunctionCall,
+    ToolCallOutput,
+    error_responses,
+    request_body,
+)
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
+# The hot path: the routes return a JSONResponse, which FastAPI sends as is, so `response_model` only
+# documents; the body is read by hand (size cap, plain 400s), so its schema is added to the document.
+Tool = Annotated[str, Path(description="shell or read_file", json_schema_extra=TOOL_PATH_SCHEMA_EXTRA)]
 
-class PayloadTooLarge(SandboxError):
-    code = "payload_too_large"
-    http_status = 413
+
+def _tool_call_responses() -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {"description": "Outcome ok or model_error; diagnostics in the headers", "headers": TOOL_CALL_HEADERS},
+        **error_responses(
+            400,
+            401,
+            404,
+            409,
+            413,
+            503,
+            descriptions={
+                404: "Unknown tool (unknown_tool) or environment (unknown_environment)",
+                409: "The same call_id is still running (call_in_progress), or the rollout was released",
+                503: "Infrastructure failure (outcome infra_error): retry, then discard the rollout",
+            },
+        ),
+    }
 
 
-@router.post("/tools/{tool}")
-async def call_tool(tool: str, request: Request) -> JSONResponse:
+@router.post(
+    "/tools/{tool}",
+    response_model=ToolCallOutput,
+    responses=_tool_call_responses(),
+    openapi_extra={**request_body(FunctionCall), "parameters": [ROLLOUT_ID_HEADER]},
+)
+async def call_tool(tool: Tool, request: Request) -> JSONResponse:
+    """Run one tool call of the rollout named by `trace_id` (or the X-Rollout-Id header)."""
     return await _call(request, tool, path_rollout_id=None)
 
 
-@router.post("/rollouts/{rollout_id}/tools/{tool}")
-async def call_rollout_tool(rollout_id: str, tool: str, request: Request) -> JSONResponse:
+@router.post(
+    "/rollouts/{rollout_id}/tools/{tool}",
+    response_model=ToolCallOutput,
+    responses=_tool_call_responses(),
+    openapi_extra=request_body(FunctionCall),
+)
+async def call_rollout_tool(rollout_id: str, tool: Tool, request: Request) -> JSONResponse:
+    """Run one tool call of the rollout named in the path (it wins over `trace_id`)."""
     return await _call(request, tool, path_rollout_id=rollout_id)
 
 

@@ -12,27 +12,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .backends.base import LABEL_ENVIRONMENT, LABEL_HOST, LABEL_INSTANCE, LABEL_ROLE, Backend, SandboxSpec
-from .config import Settings
-from .environments import Environment, EnvironmentRegistry
-from .errors import InfraError
+from ..backends.base import Backend
+from ..clock import SYSTEM_CLOCK, Clock
+from ..config import Settings
+from ..domain.container import (
+    LABEL_ROLE,
+    READY_TIMEOUT_S,
+    ROLE_POOL,
+    container_spec,
+    host_labels,
+    pool_container_prefix,
+)
+from ..domain.environment import Environment
+from ..domain.errors import InfraError
+from ..environments import EnvironmentRegistry
+from ..store import Store
 from .preparation import Preparer
-from .store import Store, translate_errors
 
 log = logging.getLogger(__name__)
-ROLE_POOL = "pool"
-READY_TIMEOUT_S = 60.0
 SETTLE_LOOK_S = 1.0
 SETTLE_MAX_S = 20.0  # a steady trickle of claims does not hold the refill back for longer
-
-
-def pool_container_prefix(instance: str) -> str:
-    return f"sbx-{instance}-pool-"
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Refiller:
     registry: EnvironmentRegistry
     preparer: Preparer
     semaphore: threading.BoundedSemaphore
+    clock: Clock = SYSTEM_CLOCK
 
     def forget_refills(self) -> int:
         """Drop this host's refill locks; return how many there were.
@@ -51,51 +55,41 @@ class Refiller:
         be under way: a lock left by a worker that was killed mid-refill would otherwise
         keep the pool empty until it expires (15 minutes).
         """
-        keys = [self._lock_key(env_name) for env_name in self.registry.pool_targets()]
-        with translate_errors():
-            return int(self.store.r.delete(*keys))
-
-    def _lock_key(self, env_name: str) -> str:
-        return f"{self.store.p}:refilling:{self.settings.host_id}:{env_name}"
+        return self.store.pools.forget_refills(self.settings.host_id, self.registry.pool_targets())
 
     def refill(self) -> dict[str, int]:
         """Top up (or trim) this host's pool of every environment; return containers created per environment."""
         s = self.settings
-        listing = self.backend.list({LABEL_INSTANCE: s.instance, LABEL_HOST: s.host_id, LABEL_ROLE: ROLE_POOL})
+        listing = self.backend.list({**host_labels(s), LABEL_ROLE: ROLE_POOL})
         running = {c.name for c in listing if c.running}
         capacity = s.hosts.capacity
         # Warm containers count against the host's capacity like rollouts do: never fill past it.
-        room = (
-            capacity - len(self.backend.list({LABEL_INSTANCE: s.instance, LABEL_HOST: s.host_id})) if capacity else None
-        )
+        room = capacity - len(self.backend.list(host_labels(s))) if capacity else None
         created: dict[str, int] = {}
         for env_name, target in self.registry.pool_targets().items():
-            lock = self._lock_key(env_name)
-            with translate_errors():
-                if not self.store.r.set(lock, "1", nx=True, ex=900):
-                    continue  # another refill of this pool is under way
+            if not self.store.pools.lock_refill(s.host_id, env_name):
+                continue  # another refill of this pool is under way
             try:
                 created[env_name] = self._refill_one(env_name, target, running, room)
                 if room is not None:
                     room -= created[env_name]
             finally:
-                with translate_errors():
-                    self.store.r.delete(lock)
+                self.store.pools.unlock_refill(s.host_id, env_name)
         return created
 
     def _refill_one(self, env_name: str, target: int, running: set[str], room: int | None) -> int:
         host = self.settings.host_id
-        if target > 0 and self.store.pool_length(env_name, host) < target:
+        if target > 0 and self.store.pools.length(env_name, host) < target:
             self._settle(env_name)
             target = self.registry.pool_targets().get(env_name, 0)  # it may have changed meanwhile
         alive = []
-        for name in self.store.pool_members(env_name, host):
+        for name in self.store.pools.members(env_name, host):
             if name in running:
                 alive.append(name)
-            elif self.store.pool_remove(env_name, host, name):  # died while waiting: never hand it out
+            elif self.store.pools.remove(env_name, host, name):  # died while waiting: never hand it out
                 self._destroy(name)
         for name in alive[target:]:  # the pool shrank
-            if self.store.pool_remove(env_name, host, name):
+            if self.store.pools.remove(env_name, host, name):
                 self._destroy(name)
         missing = target - min(len(alive), target)
         if room is not None:
@@ -114,7 +108,7 @@ class Refiller:
 
     def _still_short(self, env_name: str) -> bool:
         """Whether the pool still needs a container: its target may drop while a refill of hundreds runs."""
-        return self.store.pool_length(env_name, self.settings.host_id) < self.registry.pool_targets().get(env_name, 0)
+        return self.store.pools.length(env_name, self.settings.host_id) < self.registry.pool_targets().get(env_name, 0)
 
     def _settle(self, env_name: str) -> None:
         """Wait while a burst is starting on this host (at most SETTLE_MAX_S).
@@ -126,12 +120,12 @@ class Refiller:
         call queue; the refill begins a second after both stop.
         """
         host = self.settings.host_id
-        deadline = time.monotonic() + SETTLE_MAX_S
-        before = self.store.pool_length(env_name, host)
-        while time.monotonic() < deadline:
-            time.sleep(SETTLE_LOOK_S)
-            now = self.store.pool_length(env_name, host)
-            first_calls_waiting = self.store.call_queue_depths([host])[host][0]
+        deadline = self.clock.monotonic() + SETTLE_MAX_S
+        before = self.store.pools.length(env_name, host)
+        while self.clock.monotonic() < deadline:
+            self.clock.sleep(SETTLE_LOOK_S)
+            now = self.store.pools.length(env_name, host)
+            first_calls_waiting = self.store.queues.depths([host])[host][0]
             if now >= before and not first_calls_waiting:
                 return
             before = now
@@ -139,24 +133,7 @@ class Refiller:
     def _create_one(self, env: Environment, image: str) -> bool:
         s = self.settings
         name = f"{pool_container_prefix(s.instance)}{uuid.uuid4().hex[:16]}"
-        limits = env.spec.limits
-        spec = SandboxSpec(
-            name=name,
-            image=image,
-            labels={
-                LABEL_INSTANCE: s.instance,
-                LABEL_HOST: s.host_id,
-                LABEL_ENVIRONMENT: env.name,
-                LABEL_ROLE: ROLE_POOL,
-                "sandbox.user": s.sandbox_user,
-                **s.extra_labels,
-            },
-            memory_bytes=limits.memory_bytes or s.limits.memory_bytes,
-            cpus=limits.cpus or s.limits.cpus,
-            pids=limits.pids or s.limits.pids,
-            workdir=env.spec.workdir if env.spec.workspace or env.spec.image else s.workdir,
-            user=s.sandbox_user,
-        )
+        spec = container_spec(s, env, image, name, role=ROLE_POOL)
         try:
             with self.semaphore:  # bounds the engine's work only: the guest boots outside it
                 self.backend.create(spec)
@@ -165,7 +142,7 @@ class Refiller:
             log.warning("warm container for %s failed: %s", env.name, exc.message)
             self._destroy(name)
             return False
-        self.store.pool_push(env.name, s.host_id, name)
+        self.store.pools.push(env.name, s.host_id, name)
         return True
 
     def _destroy(self, name: str) -> None:

@@ -11,29 +11,18 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import grading, metrics
-from .calls import check_rollout_id
-from .config import Settings
-from .environments import EnvironmentRegistry, UnknownEnvironment
-from .errors import BadRequest, RolloutNotFound, SandboxError
-from .outcomes import Outcome
-from .rollouts import RolloutService
-from .store import ENDED_STATES, Store
+from .. import grading, metrics
+from ..config import Settings
+from ..domain.calls import check_rollout_id
+from ..domain.errors import BadRequest, InvalidGradeRequest, RolloutInfraTainted, RolloutNotFound, UnknownEnvironment
+from ..domain.outcomes import Outcome
+from ..domain.rollout import ENDED_STATES
+from ..environments import EnvironmentRegistry
+from ..store import Store
+from .rollout_service import RolloutService
 
 log = logging.getLogger(__name__)
 BUILTIN = ("file_f1", "numeric")
-
-
-class RolloutInfraTainted(SandboxError):
-    """The rollout met an infrastructure failure; its score would be a lie."""
-
-    code = "rollout_infra_tainted"
-    http_status = 503
-    retryable = False
-
-
-class InvalidGradeRequest(BadRequest):
-    code = "invalid_grade_request"
 
 
 @dataclass
@@ -71,14 +60,14 @@ class GradingService:
         return result
 
     def _grade(self, rid: str, grader: str, sample: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
-        rec = self.store.get_rollout(rid)
+        rec = self.store.rollouts.get(rid)
         if rec is None:
             raise RolloutNotFound(f"no rollout {rid!r}: nothing was recorded under this trace_id")
         if rec.tainted:
             raise RolloutInfraTainted(
                 f"rollout {rid!r} met an infrastructure failure ({rec.taint_reason}); discard it rather than score it"
             )
-        trajectory = self.store.trajectory(rid)
+        trajectory = self.store.calls.trajectory(rid)
         tool_calls = sum(1 for c in trajectory if c.get("outcome") != Outcome.INFRA_ERROR)
         g = self.settings.grading
         try:  # ValueError: the dataset row is broken (e.g. a reference path outside the workspace)

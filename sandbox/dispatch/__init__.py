@@ -1,12 +1,16 @@
-"""How the service layer hands work to sandbox hosts, without knowing it is Celery.
+"""How the services hand work to sandbox hosts, without knowing it is Celery.
 
-`sandbox/worker/dispatch.py` implements this over Celery; replies come back through
-the store (`Store.wait_reply`), so any API replica can wait for any worker.
+`celery_dispatcher.CeleryDispatcher` implements it for both processes (the API queues
+provisioning and calls, the workers pass work between hosts); tests/fakes/dispatcher.py
+is an in-memory one for unit tests. Replies to calls come back through the store
+(`store.queues.wait_reply`), so any API replica can wait for any worker.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
+
+from ..domain.messages import CallRequest
 
 
 class Dispatcher(Protocol):
@@ -15,7 +19,7 @@ class Dispatcher(Protocol):
         (any host with room takes it), or on one host's own queue when placement chose it."""
         ...
 
-    def execute(self, host: str, request: dict[str, Any], expires_s: float, first: bool = False) -> None:
+    def execute(self, host: str, request: CallRequest, expires_s: float, first: bool = False) -> None:
         """Queue a tool call for the host that owns the rollout's container.
 
         A call not started within `expires_s` is answered `queue_timeout` without running,
@@ -30,4 +34,8 @@ class Dispatcher(Protocol):
 
     def refill(self, host: str) -> None:
         """Ask a host to top up its warm pools (coalesced: many asks, one refill)."""
+        ...
+
+    def reconcile(self, host: str) -> None:
+        """Ask a host to compare its containers with the records."""
         ...

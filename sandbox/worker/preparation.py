@@ -18,12 +18,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import metrics, workspaces
-from .backends.base import Backend
-from .config import Settings
-from .environments import Environment, EnvironmentRegistry
-from .errors import ProvisionFailed, SandboxError
-from .store import translate_errors
+from .. import metrics, workspaces
+from ..backends.base import Backend
+from ..config import Settings
+from ..domain.environment import Environment
+from ..domain.errors import ProvisionFailed, SandboxError
+from ..environments import EnvironmentRegistry
 
 log = logging.getLogger(__name__)
 IMAGE_REPOSITORY = "rollout-env"
@@ -64,13 +64,12 @@ class Preparer:
 
     def _prepare_once_on_host(self, env: Environment, base: str, tag: str) -> None:
         s = self.settings
-        lock_key = f"{self.registry.p}:envlock:{s.host_id}:{tag}"
+        environments = self.registry.store.environments
         token = uuid.uuid4().hex
         deadline = time.monotonic() + s.prepare_timeout_s
         while True:
-            with translate_errors():
-                if self.registry.r.set(lock_key, token, nx=True, ex=int(s.prepare_timeout_s)):
-                    break
+            if environments.lock_preparation(s.host_id, tag, token, int(s.prepare_timeout_s)):
+                break
             if self.backend.image_id(tag) is not None:  # another process finished it
                 return
             if time.monotonic() > deadline:
@@ -80,9 +79,7 @@ class Preparer:
             if self.backend.image_id(tag) is None:
                 self._build(env, base, tag)
         finally:
-            with translate_errors():
-                if self.registry.r.get(lock_key) == token:
-                    self.registry.r.delete(lock_key)
+            environments.unlock_preparation(s.host_id, tag, token)
 
     def _build(self, env: Environment, base: str, tag: str) -> None:
         s = self.settings

@@ -1,4 +1,4 @@
-"""API side of a tool call: validate, deduplicate, get the sandbox, dispatch, classify.
+"""API side of a tool call: validate, deduplicate, get the sandbox, dispatch, answer.
 
 Every call ends as one CallResult (ok / model_error, answered 200) or one InfraError
 (answered 5xx). Both are recorded in the rollout's trajectory and counted once here.
@@ -7,18 +7,17 @@ Every call ends as one CallResult (ok / model_error, answered 200) or one InfraE
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from . import metrics
-from .calls import CallResult, ReadFileArgs, ShellArgs, ToolCall, validate_read_file, validate_shell
-from .config import Settings
-from .dispatch import Dispatcher
-from .environments import Environment, EnvironmentRegistry
-from .errors import (
+from .. import metrics
+from ..clock import SYSTEM_CLOCK, Clock
+from ..config import Settings
+from ..dispatch import Dispatcher
+from ..domain.calls import CallResult, ReadFileArgs, ShellArgs, ToolCall, validate_read_file, validate_shell
+from ..domain.environment import Environment
+from ..domain.errors import (
     CallInProgress,
     InfraError,
     InternalError,
@@ -26,16 +25,20 @@ from .errors import (
     SandboxError,
     SandboxLost,
     WorkerLost,
-    infra_error_from_reason,
 )
-from .outcomes import ModelReason, Outcome
-from .priority import AdmissionTicket, CallAdmission
-from .rollouts import RolloutService, environment_of, mark_lost, taint
-from .store import RolloutRecord, Store
+from ..domain.messages import READ_FILE_DEADLINE_S, CallRequest
+from ..domain.outcomes import ModelReason, Outcome
+from ..domain.rollout import RolloutRecord, environment_of
+from ..endings import mark_lost, taint
+from ..environments import EnvironmentRegistry
+from ..store import Store
+from .admission import AdmissionTicket, CallAdmission
+from .rollout_service import RolloutService
 
 log = logging.getLogger(__name__)
 RETRY_WAIT_S = 30.0  # how long a duplicate of a running call waits for its result
-# priority.py: calls doing their CPU-bound part at once in one API process (one core: a few
+RETRY_LOOK_S = 0.05  # how often it looks for that result
+# admission.py: calls doing their CPU-bound part at once in one API process (one core: a few
 # keep it busy while others wait on Redis), and how long a follow-up lets first calls go first.
 ADMISSION_SLOTS = 8
 FOLLOW_UP_MAX_WAIT_S = 5.0
@@ -49,10 +52,11 @@ class ToolService:
     settings: Settings
     registry: EnvironmentRegistry
     admission: CallAdmission = field(default_factory=lambda: CallAdmission(ADMISSION_SLOTS, FOLLOW_UP_MAX_WAIT_S))
+    clock: Clock = SYSTEM_CLOCK
 
     def handle(self, call: ToolCall) -> CallResult:
         """Answer one tool call. Raises InfraError (recorded and counted) or CallInProgress."""
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             try:
                 result = self._handle(call)
@@ -63,14 +67,14 @@ class ToolService:
                 raise InternalError(f"internal error: {type(exc).__name__}") from exc
         except InfraError as exc:
             metrics.TOOL_CALLS.labels(call.tool, Outcome.INFRA_ERROR.value, exc.reason.value).inc()
-            metrics.TOOL_CALL_DURATION.labels(call.tool).observe(time.monotonic() - started)
+            metrics.TOOL_CALL_DURATION.labels(call.tool).observe(self.clock.monotonic() - started)
             raise
         metrics.TOOL_CALLS.labels(call.tool, result.outcome, result.reason).inc()
-        metrics.TOOL_CALL_DURATION.labels(call.tool).observe(time.monotonic() - started)
+        metrics.TOOL_CALL_DURATION.labels(call.tool).observe(self.clock.monotonic() - started)
         return result
 
     def _handle(self, call: ToolCall) -> CallResult:
-        stored, rec = self.store.call_context(call.rollout_id, call.call_id)
+        stored, rec = self.store.calls.context(call.rollout_id, call.call_id)
         if stored is not None:  # a retry: the first answer, never a second run
             return stored
         ticket = self.admission.enter(first=rec is None or not rec.served)
@@ -85,11 +89,11 @@ class ToolService:
         args_or_problem = self._validate(call, env)
         if isinstance(args_or_problem, str):
             return self._model_error_without_running(call, ModelReason.INVALID_ARGUMENTS, args_or_problem, env)
-        if not self.store.claim_call(call.rollout_id, call.call_id, stale_s=self._call_budget_s(args_or_problem)):
+        if not self.store.calls.claim(call.rollout_id, call.call_id, stale_s=self._call_budget_s(args_or_problem)):
             ticket.release()  # waiting for another attempt's result is not CPU work
             return self._wait_for_duplicate(call)
         limit = env.spec.max_tool_calls
-        if limit is not None and not self.store.consume_budget(call.rollout_id, limit):
+        if limit is not None and not self.store.calls.consume_budget(call.rollout_id, limit):
             message = (
                 f"{call.tool}: the tool-call budget of this rollout ({limit} calls) is used up; give your final answer"
             )
@@ -100,7 +104,7 @@ class ToolService:
             return self._dispatch(call, rec.host, args_or_problem, env, first=not rec.served, queued=ticket.release)
         except InfraError as exc:
             if limit is not None:
-                self.store.refund_budget(call.rollout_id)
+                self.store.calls.refund_budget(call.rollout_id)
             self._record_infra(call, exc, had_sandbox=self._had_sandbox(call.rollout_id))
             raise
 
@@ -118,7 +122,7 @@ class ToolService:
         return validate_read_file(call.arguments)
 
     def _call_budget_s(self, args: ShellArgs | ReadFileArgs) -> float:
-        timeout = args.timeout_s if isinstance(args, ShellArgs) else 30.0
+        timeout = args.timeout_s if isinstance(args, ShellArgs) else READ_FILE_DEADLINE_S
         t = self.settings.timeouts
         return t.provision_s + t.queue_s + timeout + 60.0
 
@@ -131,50 +135,42 @@ class ToolService:
         first: bool,
         queued: Callable[[], None],
     ) -> CallResult:
-        reply_id = uuid.uuid4().hex
-        if isinstance(args, ShellArgs):
-            arguments: dict[str, Any] = {"command": args.command, "timeout_s": args.timeout_s}
-            run_s = args.timeout_s
-        else:
-            arguments = {"path": args.path, "start_line": args.start_line, "end_line": args.end_line}
-            run_s = 30.0
-        request = {
-            "reply_id": reply_id,
-            "rollout_id": call.rollout_id,
-            "call_id": call.call_id,
-            "item_id": call.item_id,
-            "tool": call.tool,
-            "arguments": arguments,
-            "raw_arguments": call.raw_arguments,
-            "output_cap": env.spec.output_cap_bytes or self.settings.output.cap_bytes,
-        }
+        request = CallRequest(
+            reply_id=uuid.uuid4().hex,
+            rollout_id=call.rollout_id,
+            call_id=call.call_id,
+            item_id=call.item_id,
+            tool=call.tool,
+            args=args,
+            raw_arguments=call.raw_arguments,
+            output_cap=env.spec.output_cap_bytes or self.settings.output.cap_bytes,
+        )
         queue_s = self.settings.timeouts.queue_s
         self.dispatcher.execute(host, request, expires_s=queue_s, first=first)
         queued()  # the API's part of the work is done: follow-up calls may go
-        reply = self.store.wait_reply(reply_id, queue_s + run_s + self.settings.timeouts.reply_slack_s)
+        wait_s = queue_s + request.run_deadline_s + self.settings.timeouts.reply_slack_s
+        reply = self.store.queues.wait_reply(request.reply_id, wait_s)
         if reply is None:
-            if self.store.was_started(reply_id):
+            if self.store.queues.was_started(request.reply_id):
                 raise WorkerLost("the worker running this call stopped answering")
             raise QueueTimeout(f"no worker of host {host!r} took the call within {queue_s:g} s")
-        if "infra" in reply:
-            raise infra_error_from_reason(reply["infra"]["reason"], reply["infra"]["message"])
-        return CallResult.from_dict(reply["result"])
+        return reply.unwrap()
 
     def _wait_for_duplicate(self, call: ToolCall) -> CallResult:
         """A retry arrived while the first attempt still runs: wait for its stored result."""
-        deadline = time.monotonic() + RETRY_WAIT_S
-        while time.monotonic() < deadline:
-            stored = self.store.stored_result(call.rollout_id, call.call_id)
+        deadline = self.clock.monotonic() + RETRY_WAIT_S
+        while self.clock.monotonic() < deadline:
+            stored = self.store.calls.stored_result(call.rollout_id, call.call_id)
             if stored is not None:
                 return stored
-            time.sleep(0.05)
+            self.clock.sleep(RETRY_LOOK_S)
         raise CallInProgress(f"call {call.call_id!r} is still running; retry later for its result")
 
     def _model_error_without_running(
         self, call: ToolCall, reason: ModelReason, message: str, env: Environment
     ) -> CallResult:
-        self.store.ensure_rollout(call.rollout_id, env.name, call.item)
-        now = time.time()
+        self.store.rollouts.ensure(call.rollout_id, env.name, call.item)
+        now = self.clock.time()
         result = CallResult(
             call_id=call.call_id,
             item_id=call.item_id,
@@ -186,12 +182,12 @@ class ToolService:
             started_at=now,
             finished_at=now,
         )
-        self.store.record_call(call.rollout_id, result)
+        self.store.calls.record(call.rollout_id, result)
         return result
 
     def _had_sandbox(self, rid: str) -> bool:
         """Whether the agent has seen results from this rollout's sandbox (then a failure taints it)."""
-        rec = self.store.get_rollout(rid)
+        rec = self.store.rollouts.get(rid)
         return rec is not None and rec.served
 
     def _record_infra(self, call: ToolCall, exc: InfraError, *, had_sandbox: bool) -> None:
@@ -200,7 +196,7 @@ class ToolService:
         A failure before the rollout ever had a sandbox taints nothing: the platform's
         retry may provision again.
         """
-        now = time.time()
+        now = self.clock.time()
         result = CallResult(
             call_id=call.call_id,
             item_id=call.item_id,
@@ -218,6 +214,6 @@ class ToolService:
                 mark_lost(self.store, call.rollout_id, exc.message)
             if had_sandbox:
                 taint(self.store, call.rollout_id, exc.reason.value)
-            self.store.record_call(call.rollout_id, result)
+            self.store.calls.record(call.rollout_id, result)
         except InfraError:
             pass  # the store itself is down; the 5xx still goes out and is counted

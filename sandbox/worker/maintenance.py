@@ -10,17 +10,28 @@ theirs arrives to notice it.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
-from . import metrics
-from .backends.base import LABEL_HOST, LABEL_INSTANCE, Backend
-from .config import Settings
-from .dispatch import Dispatcher
-from .environments import EnvironmentRegistry
-from .hosts import DOWN, HOST_LOST_REASON, views
-from .rollouts import DEFAULT_ENVIRONMENT, container_name, end_rollout, mark_lost
-from .store import ENDED_STATES, EXPIRED, FAILED, PROVISIONING, READY, RolloutRecord, Store
+from .. import metrics
+from ..backends.base import Backend
+from ..clock import SYSTEM_CLOCK, Clock
+from ..config import Settings
+from ..dispatch import Dispatcher
+from ..domain.container import host_labels
+from ..domain.hosts import DOWN, HOST_LOST_REASON, views
+from ..domain.rollout import (
+    DEFAULT_ENVIRONMENT,
+    ENDED_STATES,
+    EXPIRED,
+    FAILED,
+    PROVISIONING,
+    READY,
+    RolloutRecord,
+    container_name,
+)
+from ..endings import end_rollout, mark_lost
+from ..environments import EnvironmentRegistry
+from ..store import Store
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +41,17 @@ class Reaper:
     store: Store
     dispatcher: Dispatcher
     settings: Settings
+    clock: Clock = SYSTEM_CLOCK
 
     def reap(self) -> list[str]:
         """Expire rollouts idle past the TTL or older than the max lifetime; return their ids."""
-        now = time.time()
+        now = self.clock.time()
         life = self.settings.lifecycle
-        idle = self.store.rollouts_idle_since(now - life.idle_ttl_s)
-        old = self.store.rollouts_created_before(now - life.max_lifetime_s)
+        idle = self.store.rollouts.idle_since(now - life.idle_ttl_s)
+        old = self.store.rollouts.created_before(now - life.max_lifetime_s)
         expired = []
         for rid in dict.fromkeys(idle + old):
-            rec = self.store.get_rollout(rid)
+            rec = self.store.rollouts.get(rid)
             reason = "max lifetime reached" if rid in old else "idle TTL reached"
             if rec is None or not end_rollout(self.store, rid, EXPIRED, reason, "expired"):
                 continue
@@ -55,6 +67,7 @@ class Reconciler:
     backend: Backend
     settings: Settings
     registry: EnvironmentRegistry
+    clock: Clock = SYSTEM_CLOCK
 
     def reconcile(self) -> dict[str, int]:
         """Compare this host's labelled containers with the records; fix and count drift.
@@ -64,17 +77,19 @@ class Reconciler:
         else older than the grace period is an orphan.
         """
         s = self.settings
-        listed_at = time.time()
-        containers = self.backend.list({LABEL_INSTANCE: s.instance, LABEL_HOST: s.host_id})
+        listed_at = self.clock.time()
+        containers = self.backend.list(host_labels(s))
         names = {c.name for c in containers}
-        live = self.store.live_rollouts()
+        live = self.store.rollouts.live()
         owned: dict[str, RolloutRecord] = {}
         for rec in live:
             if rec.state == READY and rec.host == s.host_id:
                 owned[rec.container_name] = rec
             elif rec.state == PROVISIONING:
                 owned[container_name(s.instance, rec.rollout_id)] = rec
-        pooled = {name: env for env in self.registry.pool_targets() for name in self.store.pool_members(env, s.host_id)}
+        pooled = {
+            name: env for env in self.registry.pool_targets() for name in self.store.pools.members(env, s.host_id)
+        }
         removed = lost = 0
         for c in containers:
             owner = owned.get(c.name)
@@ -86,12 +101,12 @@ class Reconciler:
                     self.backend.destroy(c.name)
                 continue
             if c.name in pooled:
-                if not c.running and self.store.pool_remove(pooled[c.name], s.host_id, c.name):
+                if not c.running and self.store.pools.remove(pooled[c.name], s.host_id, c.name):
                     self.backend.destroy(c.name)
                 continue
             if listed_at - c.created_at < s.lifecycle.orphan_grace_s:
                 continue  # being created right now (a pool refill or a provisioning task)
-            ended = self.store.get_rollout(c.rollout_id) if c.rollout_id else None
+            ended = self.store.rollouts.get(c.rollout_id) if c.rollout_id else None
             if ended is not None and ended.state in ENDED_STATES and ended.container_name in ("", c.name):
                 self.backend.destroy(c.name)  # released or expired: its destroy task is just behind
                 continue
@@ -113,7 +128,7 @@ class Reconciler:
 
     def _gone(self, rid: str, message: str) -> int:
         """A ready rollout's container is gone: lost if it served the agent, else provisionable again."""
-        if self.store.fail_unserved(rid, message):
+        if self.store.rollouts.fail_unserved(rid, message):
             return 0
         if mark_lost(self.store, rid, message):
             metrics.RECONCILER_ACTIONS.labels("record_lost").inc()
@@ -127,7 +142,7 @@ class Reconciler:
             return
         for entry in run_dir.iterdir():
             if entry.name.startswith(prefix) and entry.name not in names:
-                age = time.time() - entry.stat().st_mtime
+                age = self.clock.time() - entry.stat().st_mtime
                 if age > self.settings.lifecycle.orphan_grace_s:
                     for child in entry.iterdir():
                         child.unlink(missing_ok=True)
@@ -140,20 +155,21 @@ class HostWatch:
     dispatcher: Dispatcher
     settings: Settings
     registry: EnvironmentRegistry
+    clock: Clock = SYSTEM_CLOCK
 
     def sweep(self) -> dict[str, int]:
         """For every lost host: end its served rollouts as lost, provision the others elsewhere."""
         counts = {"lost": 0, "replaced": 0}
-        for host, view in views(self.store.hosts()).items():
+        for host, view in views(self.store.hosts.registrations(), self.clock.time()).items():
             if not view.lost_its_sandboxes:
                 continue
             # A down host changes nothing until it beats again: one sweep per outage is enough.
-            if view.status == DOWN and not self.store.mark_host_swept(host, view.info.get("heartbeat_at", "")):
+            if view.status == DOWN and not self.store.hosts.mark_swept(host, view.info.get("heartbeat_at", "")):
                 continue
-            self.store.drop_pools_of(host, list(self.registry.pool_targets()))
+            self.store.pools.drop_host(host, list(self.registry.pool_targets()))
             why = f"the rollout's sandbox host {host!r} is {view.status} ({view.reason})"
-            for rec in self.store.live_on_host(host):
-                if rec.state == READY and not self.store.fail_unserved(rec.rollout_id, why):
+            for rec in self.store.rollouts.live_on_host(host):
+                if rec.state == READY and not self.store.rollouts.fail_unserved(rec.rollout_id, why):
                     counts["lost"] += mark_lost(self.store, rec.rollout_id, why, HOST_LOST_REASON)
                     continue
                 counts["replaced"] += self._provision_elsewhere(rec)
@@ -163,10 +179,10 @@ class HostWatch:
 
     def _provision_elsewhere(self, rec: RolloutRecord) -> bool:
         """Nothing was served from it: claim a new attempt, which any healthy host may take."""
-        fresh = self.store.get_rollout(rec.rollout_id)
+        fresh = self.store.rollouts.get(rec.rollout_id)
         if fresh is None or fresh.state not in (PROVISIONING, FAILED):
             return False
-        won, _, attempt = self.store.claim_provisioning(
+        won, _, attempt = self.store.rollouts.claim_provisioning(
             rec.rollout_id,
             fresh.environment or DEFAULT_ENVIRONMENT,
             fresh.item,

@@ -60,6 +60,54 @@ class RolloutNotFound(SandboxError):
     http_status = 404
 
 
+class PayloadTooLarge(SandboxError):
+    """The request body is larger than the service accepts."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class UnknownEnvironment(SandboxError):
+    """The item names an environment nobody registered."""
+
+    code = "unknown_environment"
+    http_status = 404
+
+
+class WorkspaceForbidden(SandboxError):
+    """The workspace path is outside the allowed roots."""
+
+    code = "workspace_forbidden"
+    http_status = 403
+
+
+class WorkspaceInvalid(BadRequest):
+    """The workspace cannot be read (missing path, bad commit, unreadable archive)."""
+
+    code = "invalid_workspace"
+
+
+class InvalidGradeRequest(BadRequest):
+    """The grade request or its dataset row cannot be graded as written."""
+
+    code = "invalid_grade_request"
+
+
+class RolloutReleased(SandboxError):
+    """The rollout was released; its sandbox is gone and it takes no more calls."""
+
+    code = "rollout_released"
+    http_status = 409
+
+
+class RolloutInfraTainted(SandboxError):
+    """The rollout met an infrastructure failure; its score would be a lie."""
+
+    code = "rollout_infra_tainted"
+    http_status = 503
+    retryable = False
+
+
 class CallInProgress(SandboxError):
     """The same call_id is still running; retry later for its stored result."""
 

@@ -1,7 +1,6 @@
-"""Tool calls as plain data: parsing the platform's payload, validating arguments,
-and turning what ran into the text the model reads.
-
-Pure functions only (no I/O), so this is where most unit tests point.
+"""Tool calls as plain data: parsing the platform's payload and validating arguments (API side).
+What a call ended as (`CallResult`) is the record kept in the trajectory and replayed on
+retries. Pure functions only (no I/O), so this is where most unit tests point.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import BadRequest, InvalidRolloutId, MissingRolloutId, UnknownTool
-from .outcomes import OK_REASON, TOOLS, ModelReason, Outcome
+from .outcomes import TOOLS
 
 MAX_ROLLOUT_ID_LEN = 256
 MAX_CALL_ID_LEN = 256
@@ -205,84 +204,3 @@ def validate_read_file(args: dict[str, Any]) -> ReadFileArgs | str:
     if start is not None and end is not None and start > end:
         return f"read_file: start_line {start} is after end_line {end}"
     return ReadFileArgs(path=path, start_line=start, end_line=end)
-
-
-# --- turning guest replies into what the model reads ---------------------------------------
-
-
-def shell_outcome(reply: dict[str, Any], *, timeout_s: float, memory_bytes: int) -> tuple[str, str, str]:
-    """(outcome, reason, output) of a finished shell command, decided by its exit evidence."""
-    output: str = reply.get("output", "")
-    if reply.get("timed_out"):
-        return (
-            Outcome.MODEL_ERROR,
-            ModelReason.TIMEOUT,
-            _append(output, f"[timed out after {timeout_s:g} s; the command was killed]"),
-        )
-    if reply.get("oom_killed"):
-        limit_mib = memory_bytes // (1024 * 1024)
-        return (
-            Outcome.MODEL_ERROR,
-            ModelReason.OOM_KILLED,
-            _append(output, f"[killed: out of memory (the sandbox has {limit_mib} MiB)]"),
-        )
-    signal = reply.get("signal")
-    if signal:
-        return Outcome.MODEL_ERROR, ModelReason.NONZERO_EXIT, _append(output, f"[killed by signal {signal}]")
-    exit_code = reply.get("exit_code")
-    if exit_code not in (0, None):
-        return Outcome.MODEL_ERROR, ModelReason.NONZERO_EXIT, _append(output, f"[exit code {exit_code}]")
-    return Outcome.OK, OK_REASON, output
-
-
-READ_FILE_STATUS_REASONS = {
-    "not_found": ModelReason.FILE_NOT_FOUND,
-    "is_a_directory": ModelReason.IS_A_DIRECTORY,
-    "binary": ModelReason.BINARY_FILE,
-    "permission_denied": ModelReason.PERMISSION_DENIED,
-    "invalid_range": ModelReason.INVALID_RANGE,
-    "not_a_regular_file": ModelReason.NOT_A_REGULAR_FILE,
-}
-
-
-def read_file_outcome(reply: dict[str, Any], path: str) -> tuple[str, str, str]:
-    status = reply.get("status", "error")
-    if status == "ok":
-        return Outcome.OK, OK_REASON, reply.get("content", "")
-    reason = READ_FILE_STATUS_REASONS.get(status)
-    if reason is None:
-        raise ValueError(f"guest answered read_file with unknown status {status!r}")
-    message = reply.get("message") or _READ_FILE_MESSAGES[reason].format(path=path)
-    return Outcome.MODEL_ERROR, reason, f"read_file: {message}"
-
-
-_READ_FILE_MESSAGES = {
-    ModelReason.FILE_NOT_FOUND: "no such file: {path}",
-    ModelReason.IS_A_DIRECTORY: "{path} is a directory; list it with the shell tool",
-    ModelReason.BINARY_FILE: "{path} is a binary file and is not shown",
-    ModelReason.PERMISSION_DENIED: "permission denied: {path}",
-    ModelReason.INVALID_RANGE: "the line range is outside {path}",
-    ModelReason.NOT_A_REGULAR_FILE: "{path} is not a regular file",
-}
-
-
-def _append(output: str, note: str) -> str:
-    if output and not output.endswith("\n"):
-        output += "\n"
-    return output + note
-
-
-def cap_text(text: str, cap_bytes: int) -> tuple[str, int]:
-    """Keep head and tail of `text` within about `cap_bytes`; return it and the bytes left out.
-
-    The guest caps output already; this guards the paths that do not go through it.
-    """
-    data = text.encode("utf-8", "replace")
-    if len(data) <= cap_bytes:
-        return text, 0
-    head = cap_bytes // 2
-    tail = cap_bytes - head
-    omitted = len(data) - cap_bytes
-    marker = f"\n[... {omitted} bytes omitted ...]\n".encode()
-    joined = data[:head] + marker + data[len(data) - tail :]
-    return joined.decode("utf-8", "replace"), omitted

@@ -1,0 +1,88 @@
+"""A sandbox container as data: its labels, its name, and the one place its spec is built.
+
+Rollout containers (provisioned for one rollout) and warm-pool containers (started ahead
+of demand, claimed later) are the same container with a different role label, so both are
+built here: two copies had drifted apart (ready timeouts of 30 and 60 s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import Settings
+from .environment import Environment
+
+LABEL_ROLLOUT = "sandbox.rollout_id"
+LABEL_ENVIRONMENT = "sandbox.environment"
+LABEL_INSTANCE = "sandbox.instance"
+LABEL_HOST = "sandbox.host"
+LABEL_ROLE = "sandbox.role"
+LABEL_USER = "sandbox.user"  # the docker exec fallback runs the guest for this user
+ROLE_ROLLOUT = "rollout"
+ROLE_POOL = "pool"
+# How long a new container's guest may take to answer. A guest boots in about 0.1 s on a
+# quiet host and takes seconds while a burst of hundreds boots beside it.
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything needed to create one sandbox container."""
+
+    name: str
+    image: str
+    labels: dict[str, str]
+    memory_bytes: int
+    cpus: float
+    pids: int
+    workdir: str
+    user: str
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """A container as the engine reports it (for the reconciler, refills and the heartbeat)."""
+
+    name: str
+    container_id: str
+    rollout_id: str
+    running: bool
+    created_at: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def pool_container_prefix(instance: str) -> str:
+    return f"sbx-{instance}-pool-"
+
+
+def host_labels(settings: Settings) -> dict[str, str]:
+    """The labels that select every container of this instance on this host."""
+    return {LABEL_INSTANCE: settings.instance, LABEL_HOST: settings.host_id}
+
+
+def container_spec(
+    settings: Settings, env: Environment, image: str, name: str, *, role: str, rollout_id: str = ""
+) -> SandboxSpec:
+    """The container of a rollout (`rollout_id` given) or of a warm pool, with the environment's limits."""
+    s = settings
+    limits = env.spec.limits
+    labels = {
+        **host_labels(s),
+        LABEL_ENVIRONMENT: env.name,
+        LABEL_ROLE: role,
+        LABEL_USER: s.sandbox_user,
+        **s.extra_labels,
+    }
+    if rollout_id:
+        labels[LABEL_ROLLOUT] = rollout_id
+    return SandboxSpec(
+        name=name,
+        image=image,
+        labels=labels,
+        memory_bytes=limits.memory_bytes or s.limits.memory_bytes,
+        cpus=limits.cpus or s.limits.cpus,
+        pids=limits.pids or s.limits.pids,
+        # An environment with its own workspace or image says where work happens.
+        workdir=env.spec.workdir if env.spec.workspace or env.spec.image else s.workdir,
+        user=s.sandbox_user,
+    )

@@ -1,0 +1,84 @@
+"""Environments as data: base image + workspace + limits + tool budget.
+
+A rollout picks its environment with `item["environment"]` on its first call (default:
+`default`, the plain sandbox image). The definition digest addresses what the derived
+image contains, so the same definition maps to the same image on every host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import BadRequest
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT = "default"  # the environment that exists unregistered: the service's sandbox image
+
+
+class WorkspaceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["git", "dir", "tar"]
+    path: str
+    commit: str | None = Field(None, description="git: a sha, tag or branch; resolved to a sha when registered")
+
+
+class EnvLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    memory_bytes: int | None = Field(None, ge=64 * 1024**2)
+    cpus: float | None = Field(None, gt=0, le=64)
+    pids: int | None = Field(None, ge=32, le=100_000)
+
+
+class EnvironmentSpec(BaseModel):
+    """What a client sends to PUT /v1/environments/{name} (or writes in the YAML file)."""
+
+    model_config = ConfigDict(extra="forbid")
+    workspace: WorkspaceSpec | None = None
+    image: str | None = Field(None, description="base image; default: the service's sandbox image")
+    workdir: str = Field("/workspace", pattern=r"^/[^\x00]*$")
+    limits: EnvLimits = EnvLimits()
+    shell_timeout_s: float | None = Field(None, gt=0)
+    output_cap_bytes: int | None = Field(None, ge=256, le=1024 * 1024)
+    max_tool_calls: int | None = Field(None, ge=1)
+    warm_pool_size: int = Field(0, ge=0, le=5000, description="pre-started containers kept ready on each host")
+
+
+class Environment(BaseModel):
+    """A registered environment: the spec plus what registration resolved."""
+
+    name: str
+    spec: EnvironmentSpec
+    commit_sha: str | None = None
+    source_path: str | None = None  # the resolved (symlink-free) host path
+    source_digest: str | None = None
+    definition_digest: str
+    file_count: int = 0
+    registered_at: float = 0.0
+
+    @property
+    def needs_preparation(self) -> bool:
+        return self.spec.workspace is not None
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise BadRequest("environment names are 1-64 characters: letters, digits, '_', '.', '-'")
+    return name
+
+
+def digest_of(spec: EnvironmentSpec, source_path: str | None, commit: str | None, source_digest: str | None) -> str:
+    """Address of what the derived image contains; limits and budgets are not part of it."""
+    identity = {
+        "workspace": spec.workspace.type if spec.workspace else None,
+        "path": source_path,
+        "commit": commit,
+        "content": source_digest,
+        "image": spec.image,
+        "workdir": spec.workdir,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,131 @@
+"""Messages between the API and the workers, each defined once and used by both sides.
+
+A tool call crosses processes twice: the API queues a `CallRequest` on the call queue of
+the host that owns the rollout's container (sandbox/store/queues.py), and the worker that
+ran it pushes a `CallReply` to the list the API blocks on. Both travel as JSON; the field
+names on the wire are the ones below (API replicas and workers of one release must agree,
+so renaming a field is a protocol change).
+
+The worker <-> guest messages are in sandbox/guest/guest_protocol.py, which the guest
+itself imports (it runs inside the container and may only use the standard library).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .calls import CallResult, ReadFileArgs, ShellArgs
+from .errors import InfraError, infra_error_from_reason
+from .outcomes import InfraReason
+
+# A read_file has no deadline of its own from the model; it gets this one.
+READ_FILE_DEADLINE_S = 30.0
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """API -> worker: run one validated tool call in the rollout's container."""
+
+    reply_id: str  # the list the API waits on for the CallReply
+    rollout_id: str
+    call_id: str
+    item_id: Any  # the payload's opaque `id`, echoed back in the result
+    tool: str
+    args: ShellArgs | ReadFileArgs
+    raw_arguments: Any  # as the model wrote them, for the trajectory
+    output_cap: int
+    queued_at: float = 0.0
+    expires_at: float = 0.0  # not started by then: answered queue_timeout, never run
+
+    @property
+    def run_deadline_s(self) -> float:
+        """How long the command may run once started."""
+        return self.args.timeout_s if isinstance(self.args, ShellArgs) else READ_FILE_DEADLINE_S
+
+    def queued(self, now: float, expires_s: float) -> CallRequest:
+        """This request stamped with when it was queued and when it expires."""
+        return replace(self, queued_at=now, expires_at=now + expires_s)
+
+    def to_wire(self) -> dict[str, Any]:
+        if isinstance(self.args, ShellArgs):
+            arguments: dict[str, Any] = {"command": self.args.command, "timeout_s": self.args.timeout_s}
+        else:
+            arguments = {"path": self.args.path, "start_line": self.args.start_line, "end_line": self.args.end_line}
+        return {
+            "reply_id": self.reply_id,
+            "rollout_id": self.rollout_id,
+            "call_id": self.call_id,
+            "item_id": self.item_id,
+            "tool": self.tool,
+            "arguments": arguments,
+            "raw_arguments": self.raw_arguments,
+            "output_cap": self.output_cap,
+            "queued_at": self.queued_at,
+            "expires_at": self.expires_at,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> CallRequest:
+        a = data["arguments"]
+        args: ShellArgs | ReadFileArgs
+        if data["tool"] == "shell":
+            args = ShellArgs(command=a["command"], timeout_s=float(a["timeout_s"]))
+        else:
+            args = ReadFileArgs(path=a["path"], start_line=a.get("start_line"), end_line=a.get("end_line"))
+        return cls(
+            reply_id=data["reply_id"],
+            rollout_id=data["rollout_id"],
+            call_id=data["call_id"],
+            item_id=data.get("item_id"),
+            tool=data["tool"],
+            args=args,
+            raw_arguments=data.get("raw_arguments"),
+            output_cap=int(data["output_cap"]),
+            queued_at=float(data.get("queued_at") or 0.0),
+            expires_at=float(data.get("expires_at") or 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class CallReply:
+    """Worker -> API: how a call ended, either a result (ok / model_error) or an infra failure."""
+
+    result: CallResult | None = None
+    infra_reason: InfraReason | None = None
+    infra_message: str = ""
+
+    @classmethod
+    def of(cls, result: CallResult) -> CallReply:
+        return cls(result=result)
+
+    @classmethod
+    def failed(cls, error: InfraError) -> CallReply:
+        return cls(infra_reason=error.reason, infra_message=error.message)
+
+    @classmethod
+    def infra(cls, reason: InfraReason, message: str) -> CallReply:
+        return cls(infra_reason=reason, infra_message=message)
+
+    def unwrap(self) -> CallResult:
+        """The result, or raise the infra error the worker met (the API answers it as a 5xx)."""
+        if self.result is not None:
+            return self.result
+        raise infra_error_from_reason((self.infra_reason or InfraReason.INTERNAL).value, self.infra_message)
+
+    def to_wire(self) -> dict[str, Any]:
+        if self.result is not None:
+            return {"result": self.result.to_dict()}
+        reason = self.infra_reason or InfraReason.INTERNAL
+        return {"infra": {"reason": reason.value, "message": self.infra_message}}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> CallReply:
+        if "result" in data:
+            return cls(result=CallResult.from_dict(data["result"]))
+        infra = data.get("infra") or {}
+        try:
+            reason = InfraReason(str(infra.get("reason")))
+        except ValueError:
+            reason = InfraReason.INTERNAL
+        return cls(infra_reason=reason, infra_message=str(infra.get("message", "")))

@@ -1,0 +1,96 @@
+"""Calls of a rollout in Redis: idempotency (stored results, in-flight claims), the tool
+budget, and the trajectory the grader reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..domain.calls import CallResult
+from ..domain.outcomes import Outcome
+from ..domain.rollout import RolloutRecord
+from . import scripts
+from .connection import Connection, translate_errors
+
+
+class CallStore:
+    def __init__(self, c: Connection) -> None:
+        self.c = c
+        self.k = c.keys
+        self._budget = c.script(scripts.BUDGET)
+
+    def context(self, rid: str, call_id: str) -> tuple[CallResult | None, RolloutRecord | None]:
+        """A call arriving: its stored result (a retry) and the rollout's record, in one round trip."""
+        with translate_errors():
+            pipe = self.c.r.pipeline(transaction=False)
+            pipe.hget(self.k.results(rid), call_id)
+            pipe.hgetall(self.k.rollout(rid))
+            raw, h = pipe.execute()
+        return _result(raw), (RolloutRecord.from_hash(rid, h) if h else None)
+
+    def stored_result(self, rid: str, call_id: str) -> CallResult | None:
+        with translate_errors():
+            raw = self.c.r.hget(self.k.results(rid), call_id)
+        return _result(raw)
+
+    def begin_execution(self, reply_id: str, rid: str, call_id: str) -> tuple[CallResult | None, RolloutRecord | None]:
+        """A worker starting a call: mark it started, read its stored result and the record, in one round trip."""
+        with translate_errors():
+            pipe = self.c.r.pipeline(transaction=False)
+            pipe.set(self.k.started(reply_id), "1", ex=3600)
+            pipe.hget(self.k.results(rid), call_id)
+            pipe.hgetall(self.k.rollout(rid))
+            _, raw, h = pipe.execute()
+        return _result(raw), (RolloutRecord.from_hash(rid, h) if h else None)
+
+    def claim(self, rid: str, call_id: str, stale_s: float) -> bool:
+        """Mark a call as running so a concurrent retry waits instead of running it again."""
+        key = self.k.inflight(rid)
+        now = self.c.clock.time()
+        with translate_errors():
+            if self.c.r.hsetnx(key, call_id, now):
+                return True
+            claimed = float(self.c.r.hget(key, call_id) or 0)
+            if now - claimed > stale_s:  # its runner died; a new attempt may go
+                self.c.r.hset(key, call_id, now)
+                return True
+            return False
+
+    def consume_budget(self, rid: str, limit: int) -> bool:
+        """Count one tool call against the rollout's budget; False (and nothing counted) past it."""
+        with translate_errors():
+            return bool(self._budget(keys=[self.k.rollout(rid)], args=[limit]))
+
+    def refund_budget(self, rid: str) -> None:
+        """A call that failed on our side did not use the model's budget."""
+        with translate_errors():
+            self.c.r.hincrby(self.k.rollout(rid), "budget_used", -1)
+
+    def record(self, rid: str, result: CallResult, served: bool = False) -> None:
+        """Append to the trajectory, keep the result for retries, count it; one transaction.
+
+        Infra errors go into the trajectory (the grader must see them) but are not kept for
+        replay: a retry after an infra error may run the call, since it never completed.
+        """
+        data = json.dumps(result.to_dict(), ensure_ascii=False)
+        k = self.k
+        with translate_errors():
+            pipe = self.c.r.pipeline(transaction=True)
+            pipe.rpush(k.calls(rid), data)
+            if result.outcome != Outcome.INFRA_ERROR:
+                pipe.hset(k.results(rid), result.call_id, data)
+            if served:  # the agent has now seen results from this sandbox
+                pipe.hset(k.rollout(rid), "served", "1")
+            pipe.hdel(k.inflight(rid), result.call_id)
+            pipe.hincrby(k.rollout(rid), f"calls_{result.outcome}", 1)
+            pipe.hset(k.rollout(rid), "last_used_at", result.finished_at)
+            pipe.zadd(k.live, {rid: result.finished_at}, xx=True)
+            pipe.execute()
+
+    def trajectory(self, rid: str) -> list[dict[str, Any]]:
+        with translate_errors():
+            return [json.loads(x) for x in self.c.r.lrange(self.k.calls(rid), 0, -1)]
+
+
+def _result(raw: str | None) -> CallResult | None:
+    return CallResult.from_dict(json.loads(raw)) if raw else None

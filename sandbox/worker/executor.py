@@ -1,0 +1,109 @@
+"""Worker side of a tool call: run it in the rollout's container and record how it ended.
+
+The worker records ok/model_error results itself, in the same place the command ran, so
+a result is never lost when the API that asked for it dies: the platform's retry finds
+it stored and the command does not run twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends.base import Backend
+from ..clock import SYSTEM_CLOCK, Clock
+from ..config import Settings
+from ..domain.calls import CallResult, ReadFileArgs
+from ..domain.classify import cap_text, read_file_outcome, shell_outcome
+from ..domain.errors import EngineUnavailable, InfraError, InternalError, ProvisionFailed, SandboxLost
+from ..domain.hosts import FailureWindow
+from ..domain.messages import CallReply, CallRequest
+from ..domain.outcomes import InfraReason
+from ..domain.rollout import FAILED, PROVISIONING, READY, RolloutRecord
+from ..endings import mark_lost
+from ..guest.guest_protocol import read_file_request, shell_request
+from ..store import Store
+
+# Slack over the output cap for the final cut: the guest's own omission marker fits in it.
+CAP_SLACK_BYTES = 256
+
+
+@dataclass
+class Executor:
+    store: Store
+    backend: Backend
+    settings: Settings
+    failures: FailureWindow | None = None  # engine failures here may quarantine the host
+    clock: Clock = SYSTEM_CLOCK
+
+    def execute(self, request: CallRequest) -> CallReply:
+        """Run one dispatched call; return the reply the API waits for."""
+        rid = request.rollout_id
+        try:
+            stored, rec = self.store.calls.begin_execution(request.reply_id, rid, request.call_id)
+            if stored is not None:  # a redelivered call: the command already ran
+                return CallReply.of(stored)
+            result = self._run(request, rec)
+            self._engine_result(ok=True)
+            self.store.calls.record(rid, result, served=True)
+            return CallReply.of(result)
+        except InfraError as exc:
+            if isinstance(exc, EngineUnavailable):
+                self._engine_result(ok=False)
+            if isinstance(exc, SandboxLost):
+                if self.store.rollouts.fail_unserved(rid, exc.message):
+                    # Died before serving anything (e.g. a stale warm container): the
+                    # agent lost nothing, so this is a provisioning failure, retryable.
+                    return CallReply.infra(InfraReason.PROVISION_FAILED, f"sandbox died before use: {exc.message}")
+                mark_lost(self.store, rid, exc.message)
+            return CallReply.failed(exc)
+
+    def _engine_result(self, ok: bool) -> None:
+        if self.failures is not None:
+            self.failures.record(ok)
+
+    def _run(self, request: CallRequest, rec: RolloutRecord | None) -> CallResult:
+        if rec is not None and rec.state in (FAILED, PROVISIONING):
+            # Its sandbox died before serving anything and is being (or may be) provisioned
+            # again: retryable, and nothing the agent saw is lost.
+            raise ProvisionFailed(f"the rollout's sandbox is not ready (state {rec.state}); retry")
+        if rec is None or rec.state != READY:
+            state = rec.state if rec else "missing"
+            raise SandboxLost(f"the rollout's sandbox is not available (state {state})")
+        if rec.host != self.settings.host_id:
+            raise InternalError(f"call for host {rec.host!r} reached host {self.settings.host_id!r}")
+        args = request.args
+        cap = request.output_cap or self.settings.output.cap_bytes
+        started = self.clock.time()
+        reply: dict[str, Any]
+        if isinstance(args, ReadFileArgs):
+            payload = read_file_request(args.path, args.start_line, args.end_line, cap)
+            reply = self.backend.request(rec.container_name, payload, request.run_deadline_s)
+            try:
+                outcome, reason, output = read_file_outcome(reply, args.path)
+            except ValueError as exc:
+                raise InternalError(str(exc)) from exc
+        else:
+            payload_shell = shell_request(args.command, args.timeout_s, cap)
+            reply = self.backend.request(rec.container_name, payload_shell, args.timeout_s)
+            outcome, reason, output = shell_outcome(
+                reply, timeout_s=args.timeout_s, memory_bytes=self.settings.limits.memory_bytes
+            )
+        # The guest caps output; cap again so no path can exceed the response budget.
+        output, extra_cut = cap_text(output, cap + CAP_SLACK_BYTES)
+        finished = self.clock.time()
+        return CallResult(
+            call_id=request.call_id,
+            item_id=request.item_id,
+            tool=request.tool,
+            arguments=request.raw_arguments,
+            outcome=outcome,
+            reason=reason,
+            output=output,
+            exit_code=reply.get("exit_code"),
+            duration_ms=round((finished - started) * 1000, 3),
+            output_bytes=int(reply.get("output_bytes", 0)),
+            truncated_bytes=int(reply.get("truncated_bytes", 0)) + extra_cut,
+            started_at=started,
+            finished_at=finished,
+        )
