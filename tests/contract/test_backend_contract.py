@@ -1,0 +1,125 @@
+"""The backend contract (sandbox/backends/base.py), run against the Docker backend on the real
+engine and against the in-memory fake the unit tests use, so the fake cannot drift."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.backends.base import Backend
+from sandbox.config import Settings
+from sandbox.domain.container import LABEL_ROLLOUT, ROLE_ROLLOUT, SandboxSpec, container_spec
+from sandbox.domain.environment import Environment, EnvironmentSpec
+from sandbox.domain.errors import ProvisionFailed, SandboxLost
+from sandbox.guest.guest_protocol import read_file_request, shell_request
+from tests.fakes.backend import InMemoryBackend
+from tests.stack import TEST_LABEL
+
+IMAGE = "rollout-sandbox:bookworm"
+
+
+@pytest.fixture(params=["docker", "in-memory"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "in-memory":
+        yield InMemoryBackend(images=[IMAGE])
+        return
+    from sandbox.backends.docker import DockerBackend
+
+    run_dir = Path(tempfile.mkdtemp(prefix="sbxc-", dir="/tmp"))
+    docker_backend = DockerBackend(
+        "unix:///var/run/docker.sock", run_dir, Path(__file__).resolve().parents[2] / "sandbox" / "guest"
+    )
+    try:
+        docker_backend.ping()
+    except Exception as exc:  # the contract needs the engine `make test` starts
+        pytest.fail(f"no Docker engine for the contract tests: {exc}")
+    session = uuid.uuid4().hex[:8]
+    docker_backend.contract_session = session  # type: ignore[attr-defined]
+    yield docker_backend
+    for info in docker_backend.list({TEST_LABEL: session}):
+        docker_backend.destroy(info.name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def spec_for(backend: Any, rollout_id: str | None = None) -> SandboxSpec:
+    rid = rollout_id or f"contract-{uuid.uuid4().hex[:10]}"
+    settings = Settings(
+        instance="contract",
+        host_id="contract-host",
+        extra_labels={TEST_LABEL: getattr(backend, "contract_session", "fake")},
+    )
+    env = Environment(name="default", spec=EnvironmentSpec(), definition_digest="default")
+    return container_spec(settings, env, IMAGE, f"sbx-contract-{rid}", role=ROLE_ROLLOUT, rollout_id=rid)
+
+
+def shell(backend: Backend, name: str, command: str, timeout: float = 10.0) -> dict[str, Any]:
+    return backend.request(name, shell_request(command, timeout, 4096), timeout)
+
+
+def started(backend: Backend) -> SandboxSpec:
+    spec = spec_for(backend)
+    backend.create(spec)
+    backend.wait_ready(spec.name, 60)
+    return spec
+
+
+def test_create_is_idempotent_and_listed_with_its_labels(backend: Backend) -> None:
+    spec = spec_for(backend)
+    first = backend.create(spec)
+    backend.wait_ready(spec.name, 60)
+    assert backend.create(spec) == first  # a retried provisioning task adopts the running container
+    listed = {i.name: i for i in backend.list({LABEL_ROLLOUT: spec.labels[LABEL_ROLLOUT]})}
+    assert list(listed) == [spec.name]
+    info = listed[spec.name]
+    assert info.running and info.container_id == first and info.rollout_id == spec.labels[LABEL_ROLLOUT]
+    assert backend.list({LABEL_ROLLOUT: "nobody"}) == []
+
+
+def test_shell_runs_in_the_workdir_with_exit_codes_and_deadlines(backend: Backend) -> None:
+    name = started(backend).name
+    ok = shell(backend, name, "echo hello")
+    assert (ok["exit_code"], ok["output"], ok["timed_out"]) == (0, "hello\n", False)
+    assert shell(backend, name, "pwd")["output"] == "/workspace\n"
+    assert shell(backend, name, "exit 3")["exit_code"] == 3
+    late = shell(backend, name, "sleep 5", timeout=0.5)
+    assert late["timed_out"] is True and late["exit_code"] is None
+
+
+def test_read_file_statuses(backend: Backend) -> None:
+    name = started(backend).name
+    shell(backend, name, "echo first > notes.txt")
+    shell(backend, name, "echo second >> notes.txt")
+    whole = backend.request(name, read_file_request("notes.txt", None, None, 4096), 10)
+    assert (whole["status"], whole["content"]) == ("ok", "first\nsecond\n")
+    line = backend.request(name, read_file_request("/workspace/notes.txt", 2, 2, 4096), 10)
+    assert line["content"] == "second\n"
+    missing = backend.request(name, read_file_request("nope.txt", None, None, 4096), 10)
+    assert missing["status"] == "not_found"
+    beyond = backend.request(name, read_file_request("notes.txt", 9, None, 4096), 10)
+    assert beyond["status"] == "invalid_range"
+
+
+def test_destroy_is_idempotent_and_a_destroyed_sandbox_is_lost(backend: Backend) -> None:
+    name = started(backend).name
+    assert backend.destroy(name) is True
+    assert backend.destroy(name) is False
+    assert backend.list({LABEL_ROLLOUT: name}) == []
+    with pytest.raises(SandboxLost):
+        shell(backend, name, "echo hi")
+    with pytest.raises(ProvisionFailed):
+        backend.wait_ready(name, 2)
+
+
+def test_images_and_engine_health(backend: Backend) -> None:
+    backend.ping()
+    assert backend.image_id(IMAGE)
+    assert backend.image_id(f"no-such-image-{uuid.uuid4().hex[:6]}:x") is None
+    spec = spec_for(backend)
+    with pytest.raises(ProvisionFailed):
+        backend.create(SandboxSpec(**{**spec.__dict__, "image": "no-such-image:x"}))
