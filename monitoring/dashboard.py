@@ -676,7 +676,8 @@ def build() -> db.Dashboard:
                 "Guest fallbacks and reconciler actions (per 5 min)",
                 "guest fallbacks: calls served by docker exec because the container's guest executor "
                 "was unreachable. orphan_removed: containers without a live record; record_lost: "
-                "records whose container vanished (those rollouts are lost).",
+                "records whose container vanished (those rollouts are lost); fork_image_removed: a "
+                "fork's committed image removed once no container uses it (housekeeping, not a fault).",
                 "short",
                 ("sum(increase(sandbox_guest_fallbacks_total[5m]))", "guest fallbacks"),
                 ("sum by (action) (increase(sandbox_reconciler_actions_total[5m]))", "reconciler: {{action}}"),
@@ -693,6 +694,58 @@ def build() -> db.Dashboard:
             )
             .override_by_regexp(".* infra_error$", [color(INFRA)])
             .override_by_regexp(".* model_error$", [color(MODEL)]),
+        ),
+    )
+
+    # --- 5. Forks ------------------------------------------------------------------------
+    # Last, so that adding it moved no panel above (their ids and links stay the same).
+    layout.section("Forks")
+    layout.line(
+        8,
+        (
+            8,
+            ts(
+                "Forks by result (per second)",
+                "Fork requests answered (POST /v1/rollouts/{id}/fork), by result. ok (green): all "
+                "children ready. failed (red, ours): an infrastructure failure while forking (503; "
+                "nothing half-created is left). refused (blue): no fork was attempted because the "
+                "parent cannot be forked (ended, lost, tainted or not ready: 409; its host full or "
+                "down: 503) or the request is invalid (400).",
+                "reqps",
+                ("sum by (result) (rate(sandbox_forks_total[5m]))", "{{result}}"),
+                stacked=True,
+            )
+            .override_by_name("failed", [color(INFRA)])
+            .override_by_name("refused", [color(MODEL)])
+            .override_by_name("ok", [color(OK)]),
+        ),
+        (
+            8,
+            ts(
+                "Fork latency (p50 / p95, 15 min)",
+                "Time from a fork request to all its children ready, successful forks only "
+                "(a failed or refused fork is not observed).",
+                "s",
+                ("histogram_quantile(0.5, sum by (le) (rate(sandbox_fork_duration_seconds_bucket[15m])))", "p50"),
+                ("histogram_quantile(0.95, sum by (le) (rate(sandbox_fork_duration_seconds_bucket[15m])))", "p95"),
+            ),
+        ),
+        (
+            8,
+            ts(
+                "Fork children created and fork images removed (per 5 min)",
+                "Child rollouts created by forks, and forks' committed images the reconciler removed "
+                "once no container used them. Over a run, images removed should follow successful "
+                "forks (later, as their children end); a gap that keeps growing is images piling up "
+                "on the hosts.",
+                "short",
+                ("sum(increase(sandbox_fork_children_total[5m]))", "children created"),
+                ('sum(increase(sandbox_forks_total{result="ok"}[5m]))', "successful forks"),
+                (
+                    'sum(increase(sandbox_reconciler_actions_total{action="fork_image_removed"}[5m]))',
+                    "fork images removed",
+                ),
+            ).override_by_name("fork images removed", [DASHED]),
         ),
     )
     return builder
