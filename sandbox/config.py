@@ -57,6 +57,9 @@ class TimeoutSettings(BaseModel):
     reply_slack_s: float = Field(
         20.0, gt=0, description="Wait past a call's own deadline before its worker counts as lost."
     )
+    fork_s: float = Field(
+        300.0, gt=0, description="A fork waits this long for its children to be ready before failing (503)."
+    )
 
 
 class HostSettings(BaseModel):
@@ -127,6 +130,7 @@ class Settings(BaseSettings):
         8, ge=1, description="Container creations at once per host (what the engine sustains)."
     )
     warm_pool_size: int = Field(0, ge=0, description="Warm containers kept per host for the default environment.")
+    fork_max_children: int = Field(64, ge=1, description="Most children one fork request may create.")
     worker_metrics_port: int = Field(9101, ge=0, description="Port of the worker's /metrics; 0 disables it.")
     worker_metrics_host: str = Field(
         "127.0.0.1", description="Address of the worker's /metrics (0.0.0.0 in a pod, for the PodMonitor)."

@@ -32,7 +32,8 @@ ROLLOUT_SECONDS_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14
 PROVISION_SOURCES = ("warm", "cold")
 PROVISION_RESULTS = ("ok", "failed")
 END_HOWS = ("graded", "released", "expired", "lost")
-RECONCILER_KINDS = ("orphan_removed", "record_lost")
+RECONCILER_KINDS = ("orphan_removed", "record_lost", "fork_image_removed")
+FORK_RESULTS = ("ok", "failed", "refused")
 GRADERS = ("file_f1", "numeric", "custom")
 GRADE_RESULTS = ("scored", "discarded_infra", "invalid")
 ZERO_CAUSES = ("model", "infra")
@@ -74,6 +75,14 @@ ROLLOUT_DURATION = Histogram(
     "sandbox_rollout_duration_seconds", "Life of a rollout, observed when it ends.", ["how"],
     buckets=ROLLOUT_SECONDS_BUCKETS,
 )  # fmt: skip
+# --- forks (API) ---
+# result: ok (every child ready) | failed (infra, 503; nothing left behind) | refused (400, 409, host full or down)
+FORKS = Counter("sandbox_forks_total", "Fork requests answered, by result.", ["result"])
+FORK_DURATION = Histogram(
+    "sandbox_fork_duration_seconds", "Time from a fork request to all its children ready (successful forks).",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)  # fmt: skip
+FORK_CHILDREN = Counter("sandbox_fork_children_total", "Child rollouts created by forks.")
 # --- grading (API) ---
 GRADES = Counter("sandbox_grades_total", "Grade requests answered, by grader and result.", ["grader", "result"])
 REWARD = Histogram(
@@ -118,6 +127,8 @@ def init_metrics() -> None:
             GRADES.labels(grader, result)
     for cause in ZERO_CAUSES:
         ZERO_REWARDS.labels(cause)
+    for result in FORK_RESULTS:
+        FORKS.labels(result)
 
 
 def observe_rollout_end(how: str, tool_calls: int, duration_s: float) -> None:

@@ -293,6 +293,8 @@ class Stack:
         try:
             for c in self.docker.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.session}"}):
                 c.remove(force=True)
+            for image in self.docker.images.list(filters={"label": f"{TEST_LABEL}={self.session}"}):
+                self.docker.images.remove(image.id, force=True)  # forks' images
             for digest in self.registered_digests:  # environment images this session built
                 for image in self.docker.images.list(filters={"label": f"sandbox.definition_digest={digest}"}):
                     self.docker.images.remove(image.id, force=True)

@@ -1,8 +1,9 @@
-"""Benchmarks against a running stack: `python -m tools.bench latency|environment|burst`.
+"""Benchmarks against a running stack: `python -m tools.bench latency|environment|burst|fork`.
 
 This module is the entry point: the command line and nothing else. Each subcommand lives in a
 module of its own: `latency` in bench_latency.py, `environment` in bench_environment.py, and
-`burst` in burst.py (which measures with the burst_* modules and reports with burst_report.py).
+`burst` in burst.py (which measures with the burst_* modules and reports with burst_report.py), and
+`fork` in bench_fork.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from tools.bench_environment import run_environment
+from tools.bench_fork import run_fork
 from tools.bench_latency import run_latency
 from tools.burst import run_burst
 
@@ -57,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     bur.add_argument("--run-dir", type=Path, default=Path(".run"), help="holds api.pid and worker.pid (memory)")
     bur.add_argument("--pool-timeout", type=float, default=900.0, help="longest wait for the warm pool to fill, s")
     bur.set_defaults(func=run_burst)
+    frk = kinds.add_parser("fork", help="fork of a changed rollout into N children, against N fresh rollouts")
+    frk.add_argument("--url", default="http://127.0.0.1:8000")
+    frk.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else .run/api-token")
+    frk.add_argument("--children", type=int, default=8, help="N: children per fork, fresh rollouts per baseline")
+    frk.add_argument("--megabytes", type=int, default=100, help="files the parent writes first, as 1 MiB files")
+    frk.add_argument("--rounds", type=int, default=5, help="rounds, each a baseline then a fork")
+    frk.add_argument("--settle", type=float, default=1.0, help="pause after each release, s (cleanup not timed)")
+    frk.add_argument(
+        "--name-children",
+        action="store_true",
+        help='fork with {"rollout_ids": [...]} instead of {"count": N} (an interrupted fork can still be released)',
+    )
+    frk.add_argument("--json", type=Path, default=Path("docs/benchmarks-fork.json"))
+    frk.set_defaults(func=run_fork)
     return parser
 
 

@@ -14,6 +14,7 @@ from ..dispatch.celery_app import create_celery
 from ..dispatch.celery_dispatcher import CeleryDispatcher
 from ..environments import EnvironmentRegistry
 from ..store import Store
+from .fork_service import ForkService
 from .grading_service import GradingService
 from .rollout_service import RolloutService
 from .state import state_snapshot
@@ -30,6 +31,7 @@ class ApiContext:
     tools: ToolService
     registry: EnvironmentRegistry
     grading: GradingService
+    forks: ForkService
     # Tool calls block on Redis while the sandbox works; each holds a thread, so the
     # limit is how many calls one API process keeps in flight.
     limiter: anyio.CapacityLimiter
@@ -50,5 +52,6 @@ class ApiContext:
         rollouts = RolloutService(store, dispatcher, settings, registry)
         tools = ToolService(store, dispatcher, rollouts, settings, registry)
         grading = GradingService(store, registry, rollouts, settings)
+        forks = ForkService(store, dispatcher, settings, rollouts)
         limiter = anyio.CapacityLimiter(threads)
-        return cls(settings, store, celery, dispatcher, rollouts, tools, registry, grading, limiter)
+        return cls(settings, store, celery, dispatcher, rollouts, tools, registry, grading, forks, limiter)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .. import metrics
@@ -157,6 +158,7 @@ class RolloutService:
             return known  # the caller just read it: skip a round trip
         deadline = self.clock.monotonic() + self.settings.timeouts.provision_s
         waited_on: int | None = None  # the provisioning attempt this caller waits for
+        forked_from = ""  # set once the rollout is seen as a fork's child waiting for its fork
         while True:
             rec = self.store.rollouts.get(rid)
             state = rec.state if rec else None
@@ -179,7 +181,13 @@ class RolloutService:
                 and self.clock.time() - rec.provision_claimed_at > self.settings.timeouts.provision_stale_s
             )
             orphaned = rec is not None and state == PROVISIONING and self._host_died(rec)
-            if state in (None, PENDING, FAILED) or stale or orphaned:
+            if rec is not None and rec.parent and state == PROVISIONING:
+                forked_from = rec.parent  # a fork's child: only its fork may create its container
+                if stale or orphaned:
+                    raise ProvisionFailed(f"the fork of {rec.parent!r} that creates this rollout did not finish")
+            elif rec is None and forked_from:
+                raise ProvisionFailed(f"the fork of {forked_from!r} that was to create this rollout failed")
+            elif state in (None, PENDING, FAILED) or stale or orphaned:
                 env_name = rec.environment if rec is not None and rec.environment else environment_of(item)
                 won, _, attempt = self.store.rollouts.claim_provisioning(
                     rid,
@@ -222,13 +230,14 @@ class RolloutService:
         # Only the release that ended it removes the container: the rest answer the record.
         if end_rollout(self.store, rid, RELEASED, reason, how) and rec.host and rec.container_name:
             self.dispatcher.destroy(rec.host, rid, rec.container_name)
-        return self.store.rollouts.get(rid) or rec
+        return replace(self.store.rollouts.get(rid) or rec, children=tuple(self.store.rollouts.children(rid)))
 
     def get(self, rid: str) -> RolloutRecord:
+        """The record with the rollouts forked from it. Raises RolloutNotFound."""
         rec = self.store.rollouts.get(rid)
         if rec is None:
             raise RolloutNotFound(f"no rollout {rid!r}")
-        return rec
+        return replace(rec, children=tuple(self.store.rollouts.children(rid)))
 
     def trajectory(self, rid: str) -> tuple[RolloutRecord | None, list[dict[str, Any]]]:
         """The record (None once it expired) and every recorded call in order. Raises RolloutNotFound."""

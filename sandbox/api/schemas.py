@@ -258,6 +258,31 @@ class RolloutView(_Open):
     infra_tainted: bool = Field(description="an infrastructure failure touched it: grading refuses it (503)")
     taint_reason: str | None
     provision_error: str | None = Field(description="why the last provisioning attempt failed")
+    parent: ForkParent | None = Field(None, description="a fork's child: the rollout it was forked from")
+    children: list[str] = Field(default_factory=list, description="rollouts forked from this one, in order")
+
+
+class ForkParent(BaseModel):
+    rollout_id: str
+    at_call: int | None = Field(description="index of the parent's last call before the fork (null: none)")
+
+
+class ForkRequestBody(BaseModel):
+    """Exactly one of the two: how many children, or their ids (new rollout ids)."""
+
+    count: int | None = Field(None, ge=1, description="children to create, with ids chosen by the service")
+    rollout_ids: list[str] | None = Field(None, min_length=1, description="the children's ids, all new")
+
+
+class ForkChild(BaseModel):
+    rollout_id: str
+    state: Literal["ready"]
+
+
+class ForkResult(BaseModel):
+    """Every child is ready when this is answered: its container holds the parent's filesystem."""
+
+    rollouts: list[ForkChild]
 
 
 class TrajectoryEntry(_Open):

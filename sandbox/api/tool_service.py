@@ -103,9 +103,12 @@ class ToolService:
             rec = self.rollouts.ensure_ready(call.rollout_id, call.item, known=rec, on_wait=ticket.release)
             return self._dispatch(call, rec.host, args_or_problem, env, first=not rec.served, queued=ticket.release)
         except InfraError as exc:
+            now = self.store.rollouts.get(call.rollout_id)
+            if now is None:  # no rollout any more (a fork that failed forgot its child): nothing to record into
+                raise
             if limit is not None:
                 self.store.calls.refund_budget(call.rollout_id)
-            self._record_infra(call, exc, had_sandbox=self._had_sandbox(call.rollout_id))
+            self._record_infra(call, exc, had_sandbox=now.served)
             raise
 
     def _validate(self, call: ToolCall, env: Environment) -> ShellArgs | ReadFileArgs | str:
@@ -184,11 +187,6 @@ class ToolService:
         )
         self.store.calls.record(call.rollout_id, result)
         return result
-
-    def _had_sandbox(self, rid: str) -> bool:
-        """Whether the agent has seen results from this rollout's sandbox (then a failure taints it)."""
-        rec = self.store.rollouts.get(rid)
-        return rec is not None and rec.served
 
     def _record_infra(self, call: ToolCall, exc: InfraError, *, had_sandbox: bool) -> None:
         """Put the failure in the trajectory and, if the agent had a sandbox, taint the rollout.

@@ -7,9 +7,10 @@ unit tests, held to the same contract tests (tests/contract/) as the Docker back
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..domain.container import SandboxInfo, SandboxSpec
+from ..domain.container import ImageInfo, SandboxInfo, SandboxSpec
 from ..guest.guest_protocol import Request
 
 
@@ -52,4 +53,21 @@ class Backend(Protocol):
 
     def build_image(self, context_dir: str, tag: str, labels: dict[str, str]) -> None:
         """Build `context_dir`'s Dockerfile as `tag`, without network. Raises ProvisionFailed."""
+        ...
+
+    def snapshot(self, name: str, tag: str, labels: dict[str, str]) -> str:
+        """Commit the container's filesystem as image `tag` (copy-on-write: only its changes are
+        copied), pausing it meanwhile so no half-written state is captured; return the image id.
+
+        Raises SandboxLost when the container is gone, EngineUnavailable when the engine does
+        not answer, ProvisionFailed when the engine refuses.
+        """
+        ...
+
+    def list_images(self, labels: dict[str, str]) -> Sequence[ImageInfo]:
+        """Images carrying all the given labels."""
+        ...
+
+    def remove_image(self, ref: str) -> bool:
+        """Remove an image; False when it is gone already or a container (or a child image) still uses it."""
         ...

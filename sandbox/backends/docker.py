@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ import requests
 from docker.errors import APIError, BuildError, DockerException, ImageNotFound, NotFound
 from docker.types import Mount
 
-from ..domain.container import LABEL_ROLLOUT, LABEL_USER, SandboxInfo, SandboxSpec
+from ..domain.container import LABEL_ROLLOUT, LABEL_USER, ImageInfo, SandboxInfo, SandboxSpec
 from ..domain.errors import EngineUnavailable, InternalError, ProvisionFailed, SandboxLost
 from ..guest.guest_protocol import PING, Request
 from .guest_client import GuestProtocolError, GuestUnreachable, call_guest
@@ -166,6 +167,7 @@ class DockerBackend:
                 running=c.get("State") == "running",
                 created_at=float(c.get("Created", 0)),
                 labels=c.get("Labels", {}),
+                image_id=c.get("ImageID", ""),
             )
             for c in raw
         ]
@@ -190,6 +192,49 @@ class DockerBackend:
                 )
         except (BuildError, APIError) as exc:
             raise ProvisionFailed(f"building environment image {tag} failed: {exc}") from exc
+
+    # --- fork: a container's filesystem as an image ---
+    def snapshot(self, name: str, tag: str, labels: dict[str, str]) -> str:
+        repository, _, version = tag.partition(":")
+        try:
+            with _engine_errors():
+                # pause: the guest and every command are frozen while the layer is copied, so a
+                # call running meanwhile finishes after, never half inside the snapshot.
+                result = self.client.api.commit(
+                    name, repository=repository, tag=version, pause=True, conf={"Labels": labels}
+                )
+        except NotFound as exc:
+            raise SandboxLost("the rollout's container no longer exists") from exc
+        except APIError as exc:
+            self._require_running(name)
+            raise ProvisionFailed(f"engine refused to snapshot {name}: {exc.explanation}") from exc
+        return str(result["Id"])
+
+    def list_images(self, labels: dict[str, str]) -> Sequence[ImageInfo]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        with _engine_errors():
+            raw = self.client.api.images(filters=filters)
+        return [
+            ImageInfo(
+                image_id=i["Id"],
+                tags=tuple(i.get("RepoTags") or ()),
+                created_at=float(i.get("Created", 0)),
+                labels=i.get("Labels") or {},
+            )
+            for i in raw
+        ]
+
+    def remove_image(self, ref: str) -> bool:
+        try:
+            with _engine_errors():
+                self.client.api.remove_image(ref, force=False, noprune=False)
+        except NotFound:
+            return False
+        except APIError as exc:
+            if exc.status_code == 409:  # a container or a child image still uses it
+                return False
+            raise EngineUnavailable(f"engine failed to remove image {ref}: {exc.explanation}") from exc
+        return True
 
     # --- requests to the guest ---
     def request(self, name: str, payload: Request, timeout_s: float) -> dict[str, Any]:

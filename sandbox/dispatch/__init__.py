@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..domain.messages import CallRequest
+from ..domain.messages import CallRequest, ForkRequest
 
 
 class Dispatcher(Protocol):
@@ -34,6 +34,10 @@ class Dispatcher(Protocol):
 
     def refill(self, host: str) -> None:
         """Ask a host to top up its warm pools (coalesced: many asks, one refill)."""
+        ...
+
+    def fork(self, host: str, request: ForkRequest) -> None:
+        """Queue a fork on the parent's host (its layer is there); the reply comes through the store."""
         ...
 
     def reconcile(self, host: str) -> None:

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..config import Settings, host_queue_name
 from ..domain.errors import StoreUnavailable
-from ..domain.messages import CallRequest
+from ..domain.messages import CallRequest, ForkRequest
 from ..store import Store, translate_errors
 
 # Publishing retries briefly, then fails: a call must get its 503, not hang on a dead broker.
@@ -73,6 +73,15 @@ class CeleryDispatcher:
                 "sandbox.refill", queue=host_queue_name(self.settings.instance, host), expires=60,
                 retry_policy=RETRY_POLICY,
             )  # fmt: skip
+
+    def fork(self, host: str, request: ForkRequest) -> None:
+        with _broker_errors():
+            self.app.send_task(
+                "sandbox.fork",
+                kwargs={"request": request.to_wire()},
+                queue=host_queue_name(self.settings.instance, host),
+                retry_policy=RETRY_POLICY,
+            )
 
     def reconcile(self, host: str) -> None:
         with _broker_errors():

@@ -7,6 +7,7 @@ built here: two copies had drifted apart (ready timeouts of 30 and 60 s).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from ..config import Settings
@@ -18,8 +19,12 @@ LABEL_INSTANCE = "sandbox.instance"
 LABEL_HOST = "sandbox.host"
 LABEL_ROLE = "sandbox.role"
 LABEL_USER = "sandbox.user"  # the docker exec fallback runs the guest for this user
+LABEL_FORK_OF = "sandbox.fork_of"  # on a fork's image: the parent rollout it was committed from
+LABEL_FORK_ID = "sandbox.fork_id"  # ... and the fork it was made for
 ROLE_ROLLOUT = "rollout"
 ROLE_POOL = "pool"
+ROLE_FORK = "fork"  # the role label of a fork's committed image
+FORK_IMAGE_REPOSITORY = "rollout-fork"
 # How long a new container's guest may take to answer. A guest boots in about 0.1 s on a
 # quiet host and takes seconds while a burst of hundreds boots beside it.
 READY_TIMEOUT_S = 60.0
@@ -49,6 +54,33 @@ class SandboxInfo:
     running: bool
     created_at: float
     labels: dict[str, str] = field(default_factory=dict)
+    image_id: str = ""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image as the engine reports it (for removing a fork's image once unused)."""
+
+    image_id: str
+    tags: tuple[str, ...]
+    created_at: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def fork_image_tag(instance: str, parent_id: str, fork_id: str) -> str:
+    """One image per fork: the parent's filesystem at that instant."""
+    digest = hashlib.sha256(f"{instance}:{parent_id}:{fork_id}".encode()).hexdigest()[:24]
+    return f"{FORK_IMAGE_REPOSITORY}:{digest}"
+
+
+def fork_image_labels(settings: Settings, parent_id: str, fork_id: str) -> dict[str, str]:
+    return {
+        **host_labels(settings),
+        LABEL_ROLE: ROLE_FORK,
+        LABEL_FORK_OF: parent_id,
+        LABEL_FORK_ID: fork_id,
+        **settings.extra_labels,
+    }
 
 
 def pool_container_prefix(instance: str) -> str:

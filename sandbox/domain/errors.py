@@ -108,6 +108,36 @@ class RolloutInfraTainted(SandboxError):
     retryable = False
 
 
+class InvalidForkRequest(BadRequest):
+    """A fork request names neither a count nor rollout ids, or names them badly."""
+
+    code = "invalid_fork_request"
+
+
+class RolloutNotForkable(SandboxError):
+    """The parent has no live sandbox to copy: it ended, was lost, is tainted or is not ready yet."""
+
+    code = "rollout_not_forkable"
+    http_status = 409
+
+
+class RolloutExists(SandboxError):
+    """A rollout id asked for as a fork's child is already in use."""
+
+    code = "rollout_exists"
+    http_status = 409
+
+
+class HostFull(SandboxError):
+    """The parent's host has no room for the children (they must live where the parent's layer is).
+
+    Not an infra_error outcome of a tool call: nothing failed, the fork was not attempted."""
+
+    code = "host_full"
+    http_status = 503
+    retryable = True
+
+
 class CallInProgress(SandboxError):
     """The same call_id is still running; retry later for its stored result."""
 

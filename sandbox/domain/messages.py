@@ -129,3 +129,57 @@ class CallReply:
         except ValueError:
             reason = InfraReason.INTERNAL
         return cls(infra_reason=reason, infra_message=str(infra.get("message", "")))
+
+
+@dataclass(frozen=True)
+class ForkRequest:
+    """API -> the parent's host: copy the parent's filesystem into a container per child.
+
+    The API has created the children's records (provisioning, attempt 1) before sending it;
+    the host marks each ready, or the API forgets them all when the fork fails.
+    """
+
+    reply_id: str
+    parent_id: str
+    child_ids: tuple[str, ...]
+    expires_at: float  # not started by then: answered queue_timeout, nothing created
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "reply_id": self.reply_id,
+            "parent_id": self.parent_id,
+            "child_ids": list(self.child_ids),
+            "expires_at": self.expires_at,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ForkRequest:
+        return cls(
+            reply_id=str(data["reply_id"]),
+            parent_id=str(data["parent_id"]),
+            child_ids=tuple(str(c) for c in data["child_ids"]),
+            expires_at=float(data.get("expires_at") or 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class ForkReply:
+    """The parent's host -> API: the children are ready, or the fork failed and left nothing behind."""
+
+    ok: bool
+    infra_reason: InfraReason | None = None
+    message: str = ""
+    refused: bool = False  # the parent could not be forked (ended or tainted meanwhile): a 409, not infra
+
+    def to_wire(self) -> dict[str, Any]:
+        reason = self.infra_reason.value if self.infra_reason is not None else None
+        return {"ok": self.ok, "reason": reason, "message": self.message, "refused": self.refused}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ForkReply:
+        reason = data.get("reason")
+        try:
+            infra = InfraReason(str(reason)) if reason else None
+        except ValueError:
+            infra = InfraReason.INTERNAL
+        return cls(bool(data.get("ok")), infra, str(data.get("message", "")), bool(data.get("refused")))

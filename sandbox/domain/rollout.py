@@ -46,6 +46,9 @@ class RolloutRecord:
     taint_reason: str = ""
     served: bool = False  # a call ran in the sandbox and the agent saw its result
     calls: dict[str, int] | None = None
+    parent: str = ""  # a fork's child: the rollout it was forked from
+    at_call: int | None = None  # ... and the index of the parent's last call before the fork
+    children: tuple[str, ...] = ()  # rollouts forked from this one (read apart from the record)
 
     @classmethod
     def from_hash(cls, rid: str, h: dict[str, str]) -> RolloutRecord:
@@ -74,6 +77,8 @@ class RolloutRecord:
             served=h.get("served") == "1",
             taint_reason=h.get("taint_reason", ""),
             calls={o.value: int(h.get(f"calls_{o.value}") or 0) for o in Outcome},
+            parent=h.get("parent", ""),
+            at_call=int(h["at_call"]) if h.get("at_call") not in (None, "") else None,
         )
 
     def public(self) -> dict[str, Any]:
@@ -95,6 +100,8 @@ class RolloutRecord:
             "infra_tainted": self.tainted,
             "taint_reason": self.taint_reason or None,
             "provision_error": self.provision_error or None,
+            "parent": {"rollout_id": self.parent, "at_call": self.at_call} if self.parent else None,
+            "children": list(self.children),
         }
 
 

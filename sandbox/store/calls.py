@@ -87,6 +87,11 @@ class CallStore:
             pipe.zadd(k.live, {rid: result.finished_at}, xx=True)
             pipe.execute()
 
+    def count(self, rid: str) -> int:
+        """How many calls the trajectory holds."""
+        with translate_errors():
+            return int(self.c.r.llen(self.k.calls(rid)))
+
     def trajectory(self, rid: str) -> list[dict[str, Any]]:
         with translate_errors():
             return [json.loads(x) for x in self.c.r.lrange(self.k.calls(rid), 0, -1)]

@@ -8,8 +8,10 @@ Rollouts (sandbox/store/rollouts.py, calls.py):
   P:ro:{rid}:results         hash    call_id -> JSON CallResult, for retries (ok / model_error only)
   P:ro:{rid}:inflight        hash    call_id -> claim time, while a call runs
   P:ro:{rid}:wake            list    wake-ups for callers waiting on the rollout's provisioning
+  P:ro:{rid}:children        list    rollouts forked from this one, in order
   P:live                     zset    rid -> last used time, rollouts that hold or await a container
   P:created                  zset    rid -> creation time, same members, for the max lifetime
+  P:forking:{fork_id}        string  a fork is under way (its image is not yet used by a child)
 Call queues and replies (queues.py):
   P:calls:{host}:first       list    JSON CallRequests of rollouts' first calls, read first
   P:calls:{host}             list    JSON CallRequests of the other calls
@@ -56,6 +58,9 @@ class Keys:
     def wake(self, rid: str) -> str:
         return f"{self.p}:ro:{rid}:wake"
 
+    def children(self, rid: str) -> str:
+        return f"{self.p}:ro:{rid}:children"
+
     @property
     def live(self) -> str:
         return f"{self.p}:live"
@@ -63,6 +68,9 @@ class Keys:
     @property
     def created(self) -> str:
         return f"{self.p}:created"
+
+    def forking(self, fork_id: str) -> str:
+        return f"{self.p}:forking:{fork_id}"
 
     # --- call queues and replies ---
     def call_queue(self, host: str, first: bool) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
-from ..domain.messages import CallReply, CallRequest
+from ..domain.messages import CallReply, CallRequest, ForkReply
 from .connection import Connection, translate_errors
 
 
@@ -47,7 +48,7 @@ class QueueStore:
             n = pipe.execute()
         return {host: (n[2 * i], n[2 * i + 1]) for i, host in enumerate(hosts)}
 
-    def push_reply(self, reply_id: str, reply: CallReply, ttl_s: int = 300) -> None:
+    def push_reply(self, reply_id: str, reply: CallReply | ForkReply, ttl_s: int = 300) -> None:
         key = self.k.reply(reply_id)
         with translate_errors():
             pipe = self.c.r.pipeline(transaction=False)
@@ -56,9 +57,21 @@ class QueueStore:
             pipe.execute()
 
     def wait_reply(self, reply_id: str, timeout_s: float) -> CallReply | None:
+        got = self._wait(reply_id, timeout_s)
+        return CallReply.from_wire(got) if got is not None else None
+
+    def wait_fork_reply(self, reply_id: str, timeout_s: float) -> ForkReply | None:
+        got = self._wait(reply_id, timeout_s)
+        return ForkReply.from_wire(got) if got is not None else None
+
+    def mark_started(self, reply_id: str) -> None:
+        with translate_errors():
+            self.c.r.set(self.k.started(reply_id), "1", ex=3600)
+
+    def _wait(self, reply_id: str, timeout_s: float) -> dict[str, Any] | None:
         with translate_errors():
             got = self.c.blocking.blpop([self.k.reply(reply_id)], timeout=max(timeout_s, 0.01))
-        return CallReply.from_wire(json.loads(got[1])) if got else None
+        return json.loads(got[1]) if got else None
 
     def was_started(self, reply_id: str) -> bool:
         """Whether a worker took the call (then no reply means the worker was lost)."""

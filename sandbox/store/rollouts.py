@@ -27,6 +27,8 @@ class RolloutStore:
         self._taint = c.script(scripts.TAINT)
         self._unserve = c.script(scripts.UNSERVE)
         self._provision_host = c.script(scripts.PROVISION_HOST)
+        self._create_child = c.script(scripts.CREATE_CHILD)
+        self._forget_child = c.script(scripts.FORGET_CHILD)
 
     def get(self, rid: str) -> RolloutRecord | None:
         with translate_errors():
@@ -99,7 +101,15 @@ class RolloutStore:
         with translate_errors():
             return str(
                 self._end(
-                    keys=[k.rollout(rid), k.calls(rid), k.results(rid), k.inflight(rid), k.live, k.created],
+                    keys=[
+                        k.rollout(rid),
+                        k.calls(rid),
+                        k.results(rid),
+                        k.inflight(rid),
+                        k.live,
+                        k.created,
+                        k.children(rid),
+                    ],
                     args=[state, self.c.clock.time(), reason, self.c.retention_s, rid],
                 )
                 or ""
@@ -132,6 +142,53 @@ class RolloutStore:
                 pipe.hgetall(self.k.rollout(rid))
             hashes = pipe.execute()
         return [RolloutRecord.from_hash(rid, h) for rid, h in zip(rids, hashes, strict=True) if h]
+
+    # --- forks ---
+    def create_child(self, rid: str, parent: RolloutRecord, at_call: int | None, host: str) -> bool:
+        """A fork's child, provisioning (attempt 1) on the parent's host; False if the id is taken."""
+        now = self.c.clock.time()
+        k = self.k
+        args = [
+            now,
+            parent.environment,
+            dump_item(parent.item),
+            rid,
+            parent.rollout_id,
+            "" if at_call is None else at_call,
+            host,
+        ]
+        with translate_errors():
+            return bool(self._create_child(keys=[k.rollout(rid), k.live, k.created], args=args))
+
+    def forget_child(self, rid: str, parent_id: str) -> bool:
+        """Erase a child whose fork failed, while it is still the fork's provisioning attempt."""
+        k = self.k
+        with translate_errors():
+            return bool(
+                self._forget_child(keys=[k.rollout(rid), k.live, k.created, k.wake(rid)], args=[rid, parent_id])
+            )
+
+    def begin_fork(self, fork_id: str, ttl_s: float) -> None:
+        """Mark a fork under way, so its fresh image is not taken for an unused one."""
+        with translate_errors():
+            self.c.r.set(self.k.forking(fork_id), "1", ex=max(1, int(ttl_s)))
+
+    def end_fork(self, fork_id: str) -> None:
+        with translate_errors():
+            self.c.r.delete(self.k.forking(fork_id))
+
+    def fork_under_way(self, fork_id: str) -> bool:
+        with translate_errors():
+            return bool(self.c.r.exists(self.k.forking(fork_id)))
+
+    def add_children(self, parent_id: str, child_ids: list[str]) -> None:
+        if child_ids:
+            with translate_errors():
+                self.c.r.rpush(self.k.children(parent_id), *child_ids)
+
+    def children(self, parent_id: str) -> list[str]:
+        with translate_errors():
+            return list(self.c.r.lrange(self.k.children(parent_id), 0, -1))
 
     def live_on_host(self, host_id: str) -> list[RolloutRecord]:
         """Live rollouts whose container is on `host_id`, or whose provisioning that host took."""

@@ -90,7 +90,8 @@ redis.call('HSET', KEYS[1], 'provision_host', ARGV[1])
 return 1
 """
 
-# Any live state -> an ended state. `lost` taints: the agent had a sandbox and it vanished.
+# Any live state -> an ended state (its keys then expire: KEYS 1-4 and 7, the children list).
+# `lost` taints: the agent had a sandbox and it vanished.
 # Returns the previous state ('' when nothing changed).
 END = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -104,7 +105,7 @@ end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREM', KEYS[5], ARGV[5])
 redis.call('ZREM', KEYS[6], ARGV[5])
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
+for _, i in ipairs({1, 2, 3, 4, 7}) do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
 return state
 """
 
@@ -146,3 +147,34 @@ for i, key in ipairs(KEYS) do
 end
 return nil
 """
+
+
+# A fork's child: created straight into provisioning (attempt 1), with its parent, only if
+# the id is new. ARGV: now, environment, item, rid, parent, at_call ('' for none), host.
+# `served`: the trainer has seen results from this state (the parent's prefix), so losing the
+# child's container loses work and is never answered by provisioning a fresh one.
+CREATE_CHILD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'provisioning', 'created_at', ARGV[1], 'last_used_at', ARGV[1],
+           'environment', ARGV[2], 'item', ARGV[3], 'provision_attempt', 1, 'provision_claimed_at', ARGV[1],
+           'provision_host', ARGV[7], 'parent', ARGV[5], 'at_call', ARGV[6], 'served', '1')
+redis.call('ZADD', KEYS[2], tonumber(ARGV[1]), ARGV[4])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[1]), ARGV[4])
+return 1
+"""
+
+# Forget a fork's child that never came to be (the fork failed): only while it is still the
+# provisioning attempt the fork created, so a rollout that became ready is never erased.
+FORGET_CHILD = (
+    """
+if redis.call('HGET', KEYS[1], 'state') ~= 'provisioning' then return 0 end
+if redis.call('HGET', KEYS[1], 'parent') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+"""
+    + wake_waiters(4)  # a call waiting for the child learns at once that its fork failed
+    + """
+return 1
+"""
+)

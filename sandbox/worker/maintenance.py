@@ -17,7 +17,7 @@ from ..backends.base import Backend
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import Settings
 from ..dispatch import Dispatcher
-from ..domain.container import host_labels
+from ..domain.container import LABEL_FORK_ID, LABEL_ROLE, ROLE_FORK, host_labels
 from ..domain.hosts import DOWN, HOST_LOST_REASON, views
 from ..domain.rollout import (
     DEFAULT_ENVIRONMENT,
@@ -124,7 +124,22 @@ class Reconciler:
             ):
                 lost += self._gone(rec.rollout_id, "the container vanished")
         self._remove_stale_socket_dirs(names)
-        return {"orphans_removed": removed, "records_lost": lost}
+        images = self._remove_unused_fork_images({c.image_id for c in containers}, listed_at)
+        return {"orphans_removed": removed, "records_lost": lost, "fork_images_removed": images}
+
+    def _remove_unused_fork_images(self, in_use: set[str], listed_at: float) -> int:
+        """A fork's image is needed while its fork runs or a child's container uses it; then it goes."""
+        s = self.settings
+        removed = 0
+        for image in self.backend.list_images({**host_labels(s), LABEL_ROLE: ROLE_FORK}):
+            if image.image_id in in_use or listed_at - image.created_at < s.lifecycle.orphan_grace_s:
+                continue
+            if self.store.rollouts.fork_under_way(image.labels.get(LABEL_FORK_ID, "")):
+                continue
+            if self.backend.remove_image(image.image_id):  # False: a child image or a container still uses it
+                metrics.RECONCILER_ACTIONS.labels("fork_image_removed").inc()
+                removed += 1
+        return removed
 
     def _gone(self, rid: str, message: str) -> int:
         """A ready rollout's container is gone: lost if it served the agent, else provisionable again."""
@@ -178,9 +193,13 @@ class HostWatch:
         return counts
 
     def _provision_elsewhere(self, rec: RolloutRecord) -> bool:
-        """Nothing was served from it: claim a new attempt, which any healthy host may take."""
+        """Nothing was served from it: claim a new attempt, which any healthy host may take.
+
+        Never for a fork's child still waiting for its fork: only the fork can make its
+        container (the parent's layer was on the lost host); the fork fails and forgets it.
+        """
         fresh = self.store.rollouts.get(rec.rollout_id)
-        if fresh is None or fresh.state not in (PROVISIONING, FAILED):
+        if fresh is None or fresh.state not in (PROVISIONING, FAILED) or fresh.parent:
             return False
         won, _, attempt = self.store.rollouts.claim_provisioning(
             rec.rollout_id,

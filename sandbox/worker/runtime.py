@@ -18,6 +18,7 @@ from ..environments import EnvironmentRegistry
 from ..store import Store
 from .call_queue import CallConsumers
 from .executor import Executor
+from .forker import Forker
 from .maintenance import HostWatch, Reaper, Reconciler
 from .preparation import Preparer
 from .provisioner import Provisioner
@@ -102,6 +103,10 @@ class WorkerRuntime:
     @cached_property
     def executor(self) -> Executor:
         return Executor(self.store, self.backend, self.settings, self.failures)
+
+    @cached_property
+    def forker(self) -> Forker:
+        return Forker(self.store, self.backend, self.settings, self.registry, self.creation_slots)
 
     @cached_property
     def call_consumers(self) -> CallConsumers:

@@ -10,7 +10,9 @@ from celery import signals
 from prometheus_client import start_http_server
 
 from .. import metrics
+from ..domain.errors import InfraError
 from ..domain.hosts import views as host_views
+from ..domain.messages import ForkRequest
 from .app import worker_celery
 from .runtime import runtime
 
@@ -32,6 +34,20 @@ def provision(rollout_id: str, attempt: int, placed: bool = False) -> str:
             return f"placed on {target}"
     # A task placed on this host by another stays here (one hop at most, no ping-pong).
     return rt.provisioner.provision(rollout_id, attempt, may_move=not placed)
+
+
+@celery_app.task(name="sandbox.fork", acks_late=False)
+def fork(request: dict[str, Any]) -> bool:
+    # Not acks_late: a fork redelivered after a worker died would copy a later state; the API
+    # has answered 503 (worker_lost) by then and forgotten the children.
+    rt = runtime()
+    message = ForkRequest.from_wire(request)
+    reply = rt.forker.fork(message)
+    try:
+        rt.store.queues.push_reply(message.reply_id, reply)
+    except InfraError:
+        log.error("cannot deliver the reply of fork %s: state store unavailable", message.reply_id)
+    return reply.ok
 
 
 @celery_app.task(name="sandbox.destroy", acks_late=True)

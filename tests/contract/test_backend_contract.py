@@ -44,6 +44,8 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     yield docker_backend
     for info in docker_backend.list({TEST_LABEL: session}):
         docker_backend.destroy(info.name)
+    for image in docker_backend.list_images({TEST_LABEL: session}):
+        docker_backend.remove_image(image.image_id)
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -123,3 +125,39 @@ def test_images_and_engine_health(backend: Backend) -> None:
     spec = spec_for(backend)
     with pytest.raises(ProvisionFailed):
         backend.create(SandboxSpec(**{**spec.__dict__, "image": "no-such-image:x"}))
+
+
+def test_a_snapshot_carries_the_filesystem_into_new_containers_that_stay_apart(backend: Backend) -> None:
+    parent = started(backend)
+    shell(backend, parent.name, "echo state > notes.txt")
+    tag = f"rollout-fork:contract-{uuid.uuid4().hex[:10]}"
+    labels = {**parent.labels, "sandbox.role": "fork", "sandbox.fork_of": parent.labels[LABEL_ROLLOUT]}
+    image_id = backend.snapshot(parent.name, tag, labels)
+    assert image_id and backend.image_id(tag) == image_id
+    assert [i.image_id for i in backend.list_images({"sandbox.fork_of": parent.labels[LABEL_ROLLOUT]})] == [image_id]
+    children = []
+    for _ in range(2):
+        spec = SandboxSpec(**{**spec_for(backend).__dict__, "image": tag})
+        backend.create(spec)
+        backend.wait_ready(spec.name, 60)
+        children.append(spec.name)
+    assert all(shell(backend, c, "cat notes.txt")["output"] == "state\n" for c in children)
+    assert shell(backend, parent.name, "echo first-parent-call-after > after.txt")["exit_code"] == 0
+    shell(backend, children[0], "echo mine > child.txt")
+    assert shell(backend, children[1], "cat child.txt")["exit_code"] != 0  # children are apart
+    assert shell(backend, parent.name, "cat child.txt")["exit_code"] != 0  # and apart from the parent
+    assert shell(backend, children[0], "cat after.txt")["exit_code"] != 0  # the parent moved on alone
+    listed = {i.name: i for i in backend.list({LABEL_ROLLOUT: children[0].removeprefix("sbx-contract-")})}
+    assert listed[children[0]].image_id == image_id
+    assert backend.remove_image(tag) is False  # its children still use it
+    for child in children:
+        backend.destroy(child)
+    assert backend.remove_image(tag) is True
+    assert backend.image_id(tag) is None and backend.remove_image(tag) is False
+
+
+def test_a_snapshot_of_a_vanished_container_is_a_lost_sandbox(backend: Backend) -> None:
+    name = started(backend).name
+    backend.destroy(name)
+    with pytest.raises(SandboxLost):
+        backend.snapshot(name, f"rollout-fork:contract-{uuid.uuid4().hex[:10]}", {})

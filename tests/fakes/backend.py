@@ -7,8 +7,8 @@ against this and the Docker backend, so the fake cannot drift from the engine.
 
 Faults are injected the way they happen for real: the engine stops answering
 (`engine_down`), a container stops or vanishes behind the service's back (`stop`,
-`vanish`), a creation is refused (`refuse_next_create`), the guest answers a scripted reply
-(`scripted_shell`).
+`vanish`), a creation or a snapshot is refused (`refuse_next_create`,
+`refuse_next_snapshot`), the guest answers a scripted reply (`scripted_shell`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.domain.container import LABEL_ROLLOUT, SandboxInfo, SandboxSpec
+from sandbox.domain.container import LABEL_ROLLOUT, ImageInfo, SandboxInfo, SandboxSpec
 from sandbox.domain.errors import EngineUnavailable, InfraError, ProvisionFailed, SandboxLost
 from sandbox.guest.guest_protocol import Request
 
@@ -37,23 +37,40 @@ class FakeContainer:
     running: bool = True
     files: dict[str, bytes] = field(default_factory=dict)
     requests: int = 0
+    image_id: str = ""
+
+
+@dataclass
+class FakeImage:
+    image_id: str
+    tag: str
+    created_at: float
+    labels: dict[str, str] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # what containers of it start with
 
 
 class InMemoryBackend:
     def __init__(self, images: Iterable[str] = ("rollout-sandbox:bookworm",)) -> None:
         self.containers: dict[str, FakeContainer] = {}
-        self.images: dict[str, str] = {name: f"sha256:{uuid.uuid4().hex}" for name in images}
+        self.images: dict[str, FakeImage] = {}
+        for name in images:
+            self._add_image(name, {})
         self.builds: list[str] = []
         self.created: list[str] = []  # names, in order of creation (adoptions not counted)
         self.destroyed: list[str] = []
         self.engine_down = False
         self.scripted_shell: Callable[[str, str], dict[str, Any] | None] | None = None
         self._refusals: list[InfraError] = []
+        self._snapshot_refusals: list[InfraError] = []
+        self.removed_images: list[str] = []
         self._lock = threading.Lock()
 
     # --- fault injection ---
     def refuse_next_create(self, error: InfraError) -> None:
         self._refusals.append(error)
+
+    def refuse_next_snapshot(self, error: InfraError) -> None:
+        self._snapshot_refusals.append(error)
 
     def stop(self, name: str) -> None:
         """The container stops (its init died, the engine's OOM killer): it still exists, not running."""
@@ -66,8 +83,17 @@ class InMemoryBackend:
     def add_container(self, spec: SandboxSpec, created_at: float | None = None) -> str:
         """A container the engine has without the service having asked (e.g. an orphan)."""
         box = FakeContainer(spec, uuid.uuid4().hex, time.time() if created_at is None else created_at)
+        box.image_id = self.images[spec.image].image_id if spec.image in self.images else ""
         self.containers[spec.name] = box
         return box.container_id
+
+    def _add_image(
+        self, tag: str, labels: dict[str, str], files: dict[str, bytes] | None = None, created_at: float | None = None
+    ) -> FakeImage:
+        image = FakeImage(f"sha256:{uuid.uuid4().hex}", tag, time.time() if created_at is None else created_at)
+        image.labels, image.files = dict(labels), dict(files or {})
+        self.images[tag] = image
+        return image
 
     # --- the Backend protocol ---
     def create(self, spec: SandboxSpec) -> str:
@@ -80,7 +106,8 @@ class InMemoryBackend:
             existing = self.containers.get(spec.name)
             if existing is not None and existing.running:
                 return existing.container_id  # adopted: a retried provisioning task
-            box = FakeContainer(spec, uuid.uuid4().hex, time.time())
+            image = self.images[spec.image]
+            box = FakeContainer(spec, uuid.uuid4().hex, time.time(), files=dict(image.files), image_id=image.image_id)
             self.containers[spec.name] = box
             self.created.append(spec.name)
             return box.container_id
@@ -127,6 +154,7 @@ class InMemoryBackend:
                 running=box.running,
                 created_at=box.created_at,
                 labels=dict(box.spec.labels),
+                image_id=box.image_id,
             )
             for name, box in list(self.containers.items())
             if all(box.spec.labels.get(k) == v for k, v in labels.items())
@@ -137,12 +165,41 @@ class InMemoryBackend:
 
     def image_id(self, name: str) -> str | None:
         self._engine()
-        return self.images.get(name)
+        image = self.images.get(name)
+        return image.image_id if image is not None else None
 
     def build_image(self, context_dir: str, tag: str, labels: dict[str, str]) -> None:
         self._engine()
-        self.images[tag] = f"sha256:{uuid.uuid4().hex}"
+        self._add_image(tag, labels)
         self.builds.append(tag)
+
+    def snapshot(self, name: str, tag: str, labels: dict[str, str]) -> str:
+        self._engine()
+        with self._lock:
+            if self._snapshot_refusals:
+                raise self._snapshot_refusals.pop(0)
+            box = self.containers.get(name)
+            if box is None:
+                raise SandboxLost("the rollout's container no longer exists")
+            return self._add_image(tag, {**box.spec.labels, **labels}, box.files).image_id
+
+    def list_images(self, labels: dict[str, str]) -> Sequence[ImageInfo]:
+        self._engine()
+        return [
+            ImageInfo(image.image_id, (tag,), image.created_at, dict(image.labels))
+            for tag, image in list(self.images.items())
+            if all(image.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    def remove_image(self, ref: str) -> bool:
+        self._engine()
+        with self._lock:
+            image = self.images.get(ref) or next((i for i in self.images.values() if i.image_id == ref), None)
+            if image is None or any(box.image_id == image.image_id for box in self.containers.values()):
+                return False
+            del self.images[image.tag]
+            self.removed_images.append(image.tag)
+            return True
 
     # --- the guest, in memory ---
     def _engine(self) -> None:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sandbox.domain.messages import CallRequest
+from sandbox.domain.messages import CallRequest, ForkRequest
 
 
 @dataclass
@@ -17,11 +17,13 @@ class InMemoryDispatcher:
     executed: list[tuple[str, CallRequest, bool]] = field(default_factory=list)  # (host, request, first)
     destroyed: list[tuple[str, str, str]] = field(default_factory=list)  # (host, rollout, container)
     refills: list[str] = field(default_factory=list)
+    forks: list[tuple[str, ForkRequest]] = field(default_factory=list)  # (host, request)
     reconciles: list[str] = field(default_factory=list)
     # What a worker would do with each; None: only recorded.
     on_provision: Callable[[str, int, str], object] | None = None
     on_execute: Callable[[str, CallRequest, float], object] | None = None
     on_destroy: Callable[[str, str, str], object] | None = None
+    on_fork: Callable[[str, ForkRequest], object] | None = None
     threads: list[threading.Thread] = field(default_factory=list)
 
     def provision(self, rollout_id: str, attempt: int, host: str = "") -> None:
@@ -38,6 +40,11 @@ class InMemoryDispatcher:
         self.destroyed.append((host, rollout_id, container_name))
         if self.on_destroy is not None:
             self.on_destroy(host, rollout_id, container_name)
+
+    def fork(self, host: str, request: ForkRequest) -> None:
+        self.forks.append((host, request))
+        if self.on_fork is not None:
+            self._spawn(self.on_fork, host, request)
 
     def refill(self, host: str) -> None:
         self.refills.append(host)

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from sandbox.api.fork_service import ForkService
 from sandbox.api.rollout_service import RolloutService
 from sandbox.api.tool_service import ToolService
 from sandbox.clock import SYSTEM_CLOCK, Clock
@@ -26,6 +27,7 @@ from sandbox.environments import EnvironmentRegistry
 from sandbox.store import Store
 from sandbox.worker.call_queue import run_call
 from sandbox.worker.executor import Executor
+from sandbox.worker.forker import Forker
 from sandbox.worker.maintenance import HostWatch, Reaper, Reconciler
 from sandbox.worker.preparation import Preparer
 from sandbox.worker.provisioner import Provisioner
@@ -71,6 +73,7 @@ class FakeHost:
         self.refiller = Refiller(self.store, self.backend, s, self.registry, self.preparer, self.slots, self.clock)
         self.reaper = Reaper(self.store, self.dispatcher, s, clock=self.clock)
         self.host_watch = HostWatch(self.store, self.dispatcher, s, self.registry, clock=self.clock)
+        self.forker = Forker(self.store, self.backend, s, self.registry, self.slots, self.clock)
 
     def attach(self) -> FakeHost:
         """Serve the dispatcher's work as a worker would: provisioning, calls and removals."""
@@ -80,6 +83,7 @@ class FakeHost:
             self.executor, self.store, request.queued(time.time(), expires_s)
         )
         d.on_destroy = lambda host, rid, name: self.backend.destroy(name)
+        d.on_fork = lambda host, request: self.store.queues.push_reply(request.reply_id, self.forker.fork(request))
         return self
 
     def beat(self, **info: Any) -> None:
@@ -107,6 +111,7 @@ class World:
     host: FakeHost
     rollouts: RolloutService
     tools: ToolService
+    forks: ForkService
 
     def call(self, rid: str, command: str = "echo hi", call_id: str | None = None, tool: str = "shell") -> ToolCall:
         """A parsed tool call, as the route hands it to ToolService."""
@@ -133,7 +138,8 @@ def build_world(redis_url: str, clock: Clock = SYSTEM_CLOCK, attach: bool = True
     host.beat()
     rollouts = RolloutService(store, dispatcher, settings, registry, clock)
     tools = ToolService(store, dispatcher, rollouts, settings, registry, clock=clock)
-    return World(settings, store, backend, dispatcher, registry, host, rollouts, tools)
+    forks = ForkService(store, dispatcher, settings, rollouts, clock)
+    return World(settings, store, backend, dispatcher, registry, host, rollouts, tools, forks)
 
 
 def drop_world(world: World) -> None:

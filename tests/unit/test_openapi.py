@@ -42,11 +42,13 @@ ERRORS = {
     ("put", "/v1/environments/{name}"): {400, 403},
     ("get", "/v1/environments/{name}"): {404},
     ("get", "/v1/environments"): set(),
+    ("post", "/v1/rollouts/{rollout_id}/fork"): {400, 404, 409, 413},
 }
 HAND_READ_BODIES = {
     ("post", "/v1/tools/{tool}"): {"trace_id", "call_id", "id", "arguments", "item"},
     ("post", "/v1/rollouts/{rollout_id}/tools/{tool}"): {"call_id", "id", "arguments", "item"},
     ("post", "/v1/grade"): {"sample", "item", "trace_id"},
+    ("post", "/v1/rollouts/{rollout_id}/fork"): {"count", "rollout_ids"},
 }
 
 

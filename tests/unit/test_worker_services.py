@@ -291,10 +291,10 @@ def test_reconciler_removes_orphans_only_after_the_grace_period(make_world: Make
     being_made, _ = claim(w)  # its provisioning created the container, not yet recorded as ready
     w.backend.add_container(spec(w, name_of(w, being_made), rid=being_made), created_at=clock.time())
     before = reconciled("orphan_removed")
-    assert w.host.reconciler.reconcile() == {"orphans_removed": 0, "records_lost": 0}
+    assert w.host.reconciler.reconcile() == {"orphans_removed": 0, "records_lost": 0, "fork_images_removed": 0}
     assert orphan in w.backend.containers
     clock.advance(w.settings.lifecycle.orphan_grace_s + 1)
-    assert w.host.reconciler.reconcile() == {"orphans_removed": 1, "records_lost": 0}
+    assert w.host.reconciler.reconcile() == {"orphans_removed": 1, "records_lost": 0, "fork_images_removed": 0}
     assert orphan not in w.backend.containers and {foreign, name_of(w, being_made)} <= set(w.backend.containers)
     assert reconciled("orphan_removed") == before + 1
 
@@ -307,7 +307,7 @@ def test_reconciler_judges_vanished_containers_by_what_they_served(make_world: M
         w.backend.vanish(name_of(w, rid))
     clock.advance(1)
     before = reconciled("record_lost")
-    assert w.host.reconciler.reconcile() == {"orphans_removed": 0, "records_lost": 1}
+    assert w.host.reconciler.reconcile() == {"orphans_removed": 0, "records_lost": 1, "fork_images_removed": 0}
     lost, failed = get(w, served), get(w, unserved)
     assert (lost.state, lost.tainted, lost.taint_reason) == (LOST, True, "sandbox_lost")
     assert (failed.state, failed.tainted) == (FAILED, False)
@@ -329,7 +329,7 @@ def test_reconciler_never_judges_a_rollout_ready_after_its_listing(
         return seen
 
     monkeypatch.setattr(w.backend, "list", list_then_ready)
-    assert w.host.reconciler.reconcile() == {"orphans_removed": 0, "records_lost": 0}
+    assert w.host.reconciler.reconcile() == {"orphans_removed": 0, "records_lost": 0, "fork_images_removed": 0}
     assert get(w, rid).state == READY and has_box(w, rid)
 
 

@@ -11,12 +11,16 @@ from fastapi.responses import JSONResponse
 from ..auth import require_token
 from ..context import ApiContext
 from ..schemas import (
+    ForkRequestBody,
+    ForkResult,
     PreProvisionRequest,
     PreProvisionResult,
     RolloutView,
     TrajectoryView,
     error_responses,
+    request_body,
 )
+from .tools import read_json
 
 router = APIRouter(prefix="/v1/rollouts", dependencies=[Depends(require_token)])
 _NOT_FOUND = {404: "No rollout of this id (rollout_not_found)"}
@@ -87,6 +91,34 @@ async def release_rollout(rollout_id: str, request: Request) -> dict[str, Any]:
     ctx: ApiContext = request.app.state.ctx
     rec = await anyio.to_thread.run_sync(ctx.rollouts.release, rollout_id, limiter=ctx.limiter)
     return rec.public()
+
+
+@router.post(
+    "/{rollout_id}/fork",
+    response_model=ForkResult,
+    responses=error_responses(
+        400,
+        401,
+        404,
+        409,
+        413,
+        503,
+        descriptions={
+            404: "No rollout of this id (rollout_not_found)",
+            409: "The parent ended, was lost, is tainted or not ready (rollout_not_forkable), or a child id "
+            "is taken (rollout_exists)",
+            503: "The parent's host is down (host_unavailable) or full (host_full), or the fork failed on our "
+            "side and left nothing behind",
+        },
+    ),
+    openapi_extra=request_body(ForkRequestBody),
+)
+async def fork_rollout(rollout_id: str, request: Request) -> dict[str, Any]:
+    """Branch the rollout: each child gets its own container holding the parent's filesystem as it is now."""
+    ctx: ApiContext = request.app.state.ctx
+    body = await read_json(request)
+    children = await anyio.to_thread.run_sync(ctx.forks.fork, rollout_id, body, limiter=ctx.limiter)
+    return {"rollouts": children}
 
 
 def _trajectory_entry(index: int, c: dict[str, Any]) -> dict[str, Any]:
