@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         64, ge=1, description="Tool calls a worker runs at once (call threads), and its Celery threads."
     )
+    rollout_parallel_calls: int = Field(
+        8,
+        ge=1,
+        description="Calls of one rollout running at once; more wait their turn, so one rollout cannot hold "
+        "every call thread of its host.",
+    )
     provision_concurrency: int = Field(
         8, ge=1, description="Container creations at once per host (what the engine sustains)."
     )

@@ -38,6 +38,7 @@ from .rollout_service import RolloutService
 log = logging.getLogger(__name__)
 RETRY_WAIT_S = 30.0  # how long a duplicate of a running call waits for its result
 RETRY_LOOK_S = 0.05  # how often it looks for that result
+RUN_SLOT_LOOK_S = 1.0  # a call waiting for a run slot looks at least this often (a slot may expire unreleased)
 # admission.py: calls doing their CPU-bound part at once in one API process (one core: a few
 # keep it busy while others wait on Redis), and how long a follow-up lets first calls go first.
 ADMISSION_SLOTS = 8
@@ -149,15 +150,38 @@ class ToolService:
             output_cap=env.spec.output_cap_bytes or self.settings.output.cap_bytes,
         )
         queue_s = self.settings.timeouts.queue_s
-        self.dispatcher.execute(host, request, expires_s=queue_s, first=first)
-        queued()  # the API's part of the work is done: follow-up calls may go
         wait_s = queue_s + request.run_deadline_s + self.settings.timeouts.reply_slack_s
-        reply = self.store.queues.wait_reply(request.reply_id, wait_s)
+        queued()  # the API's CPU-bound part is done: follow-up calls may go
+        self._take_run_slot(request, hold_s=wait_s + queue_s)
+        try:
+            self.dispatcher.execute(host, request, expires_s=queue_s, first=first)
+            reply = self.store.queues.wait_reply(request.reply_id, wait_s)
+        finally:
+            self.store.calls.release_run_slot(request.rollout_id, request.reply_id)
         if reply is None:
             if self.store.queues.was_started(request.reply_id):
                 raise WorkerLost("the worker running this call stopped answering")
             raise QueueTimeout(f"no worker of host {host!r} took the call within {queue_s:g} s")
         return reply.unwrap()
+
+    def _take_run_slot(self, request: CallRequest, hold_s: float) -> None:
+        """Wait for one of the rollout's run slots (SANDBOX_ROLLOUT_PARALLEL_CALLS).
+
+        A host has a fixed number of call threads; without a cap per rollout, one rollout
+        running many long commands at once takes them all and its neighbours' calls time
+        out. Waiting here costs only the rollout's own calls. Raises QueueTimeout, which
+        taints nothing: the call never ran.
+        """
+        rid, cap = request.rollout_id, self.settings.rollout_parallel_calls
+        deadline = self.clock.monotonic() + self.settings.timeouts.queue_s
+        while not self.store.calls.acquire_run_slot(rid, request.reply_id, cap, hold_s):
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                raise QueueTimeout(
+                    f"the rollout already runs {cap} calls at once; this one waited "
+                    f"{self.settings.timeouts.queue_s:g} s for one of them to finish and was not run"
+                )
+            self.store.calls.wait_for_run_slot(rid, min(RUN_SLOT_LOOK_S, remaining))
 
     def _wait_for_duplicate(self, call: ToolCall) -> CallResult:
         """A retry arrived while the first attempt still runs: wait for its stored result."""
@@ -192,7 +216,7 @@ class ToolService:
         """Put the failure in the trajectory and, if the agent had a sandbox, taint the rollout.
 
         A failure before the rollout ever had a sandbox taints nothing: the platform's
-        retry may provision again.
+        retry may provision again. Nor does a call that never started (queue_timeout).
         """
         now = self.clock.time()
         result = CallResult(
@@ -210,7 +234,9 @@ class ToolService:
         try:
             if isinstance(exc, SandboxLost):
                 mark_lost(self.store, call.rollout_id, exc.message)
-            if had_sandbox:
+            # queue_timeout: the call never started, so the sandbox is as the agent left it and
+            # the rollout stays usable (a call that waited behind others must not taint it).
+            if had_sandbox and not isinstance(exc, QueueTimeout):
                 taint(self.store, call.rollout_id, exc.reason.value)
             self.store.calls.record(call.rollout_id, result)
         except InfraError:

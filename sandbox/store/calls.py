@@ -18,6 +18,8 @@ class CallStore:
         self.c = c
         self.k = c.keys
         self._budget = c.script(scripts.BUDGET)
+        self._acquire_slot = c.script(scripts.ACQUIRE_RUN_SLOT)
+        self._release_slot = c.script(scripts.RELEASE_RUN_SLOT)
 
     def context(self, rid: str, call_id: str) -> tuple[CallResult | None, RolloutRecord | None]:
         """A call arriving: its stored result (a retry) and the rollout's record, in one round trip."""
@@ -65,6 +67,22 @@ class CallStore:
         """A call that failed on our side did not use the model's budget."""
         with translate_errors():
             self.c.r.hincrby(self.k.rollout(rid), "budget_used", -1)
+
+    def acquire_run_slot(self, rid: str, token: str, cap: int, hold_s: float) -> bool:
+        """Take one of the rollout's `cap` run slots for up to `hold_s`; False when all are taken."""
+        now = self.c.clock.time()
+        with translate_errors():
+            return bool(self._acquire_slot(keys=[self.k.running(rid)], args=[now, now + hold_s, cap, token]))
+
+    def release_run_slot(self, rid: str, token: str) -> None:
+        """Give the slot back and wake one call waiting for it."""
+        with translate_errors():
+            self._release_slot(keys=[self.k.running(rid), self.k.slot_free(rid)], args=[token])
+
+    def wait_for_run_slot(self, rid: str, timeout_s: float) -> None:
+        """Block until a slot of the rollout is given back, or `timeout_s` passes."""
+        with translate_errors():
+            self.c.blocking.blpop([self.k.slot_free(rid)], timeout=max(timeout_s, 0.01))
 
     def record(self, rid: str, result: CallResult, served: bool = False) -> None:
         """Append to the trajectory, keep the result for retries, count it; one transaction.

@@ -9,6 +9,8 @@ Rollouts (sandbox/store/rollouts.py, calls.py):
   P:ro:{rid}:inflight        hash    call_id -> claim time, while a call runs
   P:ro:{rid}:wake            list    wake-ups for callers waiting on the rollout's provisioning
   P:ro:{rid}:children        list    rollouts forked from this one, in order
+  P:ro:{rid}:running         zset    token -> expiry, the rollout's calls running on its host now
+  P:ro:{rid}:slotfree        list    wake-ups for calls waiting for one of those slots
   P:live                     zset    rid -> last used time, rollouts that hold or await a container
   P:created                  zset    rid -> creation time, same members, for the max lifetime
   P:forking:{fork_id}        string  a fork is under way (its image is not yet used by a child)
@@ -60,6 +62,12 @@ class Keys:
 
     def children(self, rid: str) -> str:
         return f"{self.p}:ro:{rid}:children"
+
+    def running(self, rid: str) -> str:
+        return f"{self.p}:ro:{rid}:running"
+
+    def slot_free(self, rid: str) -> str:
+        return f"{self.p}:ro:{rid}:slotfree"
 
     @property
     def live(self) -> str:

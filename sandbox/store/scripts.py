@@ -178,3 +178,23 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 """
 )
+
+
+# One of a rollout's run slots: a call may go to its host only while fewer than ARGV[3] of
+# the rollout's calls hold one. Slots expire (ARGV[2]) so a crashed API cannot leak them.
+# ARGV: now, expires_at, cap, token. Returns 1 when taken.
+ACQUIRE_RUN_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]), ARGV[4])
+redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2])) + 60)
+return 1
+"""
+
+RELEASE_RUN_SLOT = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('EXPIRE', KEYS[2], 60)
+end
+return 1
+"""
