@@ -69,6 +69,37 @@ class EnvironmentRegistry:
             return Environment(name=DEFAULT, spec=EnvironmentSpec(), definition_digest="default")
         raise UnknownEnvironment(f"no environment named {name!r}; register it with PUT /v1/environments/{name}")
 
+    def of_rollout(self, name: str) -> Environment:
+        """The environment a rollout started with: its definition even if deleted since (kept for
+        the retention period), so running rollouts are not broken by a delete. Raises UnknownEnvironment."""
+        try:
+            return self.get(name)
+        except UnknownEnvironment:
+            retired = self.store.environments.load_retired(name)
+            if retired is None:
+                raise
+            return retired
+
+    def delete(self, name: str) -> Environment:
+        """Remove a registered definition so no new rollout can pick it; answer what was removed.
+
+        Raises UnknownEnvironment (404) when nothing of that name is registered, so a second delete
+        is a 404; deleting a registered `default` brings back the built-in default. Also dropped:
+        its file list (unless another environment shares the same content) and its warm pools, whose
+        containers the reconciler then removes as orphans. Kept: each host's prepared image (labelled
+        `sandbox.definition_digest`), for an operator or a later cleanup to remove, and, for the
+        retention period, the definition and file list for the rollouts already using it
+        (`of_rollout`): they go on calling, forking and grading as before.
+        """
+        env = self.store.environments.delete(name)
+        if env is None:
+            if name == DEFAULT:
+                raise UnknownEnvironment("nothing to delete: 'default' is the built-in default already")
+            raise UnknownEnvironment(f"nothing to delete: no environment named {name!r} is registered")
+        for host in self.store.hosts.registrations():
+            self.store.pools.drop_host(host, [name])  # never hand out a warm container of a deleted definition
+        return env
+
     def names(self) -> list[str]:
         return sorted(self.store.environments.names() | {DEFAULT})
 

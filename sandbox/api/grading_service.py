@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import grading, metrics
 from ..config import Settings
-from ..domain.calls import check_rollout_id
+from ..domain.calls import check_item, check_rollout_id, scrub_text
 from ..domain.errors import BadRequest, InvalidGradeRequest, RolloutInfraTainted, RolloutNotFound, UnknownEnvironment
 from ..domain.outcomes import Outcome
 from ..domain.rollout import ENDED_STATES
@@ -40,6 +40,11 @@ class GradingService:
         sample = body.get("sample") or {}
         if not isinstance(item, dict) or not isinstance(sample, dict):
             raise InvalidGradeRequest("'item' and 'sample' must be JSON objects")
+        try:  # the same row the tool calls got: refused the same way
+            check_item(item)
+        except BadRequest as exc:
+            raise InvalidGradeRequest(exc.message) from exc
+        sample = scrub_text(sample)  # the model's answer, graded as written; its echo must encode
         grader = item.get("grader") or self.settings.grading.default_grader
         label = grader if grader in BUILTIN else "custom"
         try:
@@ -90,7 +95,7 @@ class GradingService:
             reference = item.get("reference_files")
             if not isinstance(reference, list) or not all(isinstance(p, str) for p in reference):
                 raise InvalidGradeRequest("file_f1 needs item['reference_files'], a list of paths")
-            env = self.registry.get(environment or "default")
+            env = self.registry.of_rollout(environment or "default")
             beta = _float_or(item.get("beta"), self.settings.grading.beta)
             if beta <= 0:
                 raise InvalidGradeRequest("beta must be positive")
@@ -109,7 +114,7 @@ class GradingService:
                 numeric = grading.numeric_score(
                     text, item["reference_answer"], rel_tol=g.numeric_rel_tol, partial_rel_tol=g.numeric_partial_rel_tol
                 )
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:  # OverflowError: an integer no float holds
                 raise InvalidGradeRequest(f"item['reference_answer'] is not a number: {exc}") from exc
             return numeric.to_dict()
         allowed = [s.strip() for s in self.settings.grading.custom_graders.split(",") if s.strip()]
@@ -141,4 +146,7 @@ def _float_or(value: Any, default: float) -> float:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidGradeRequest("beta and penalty_per_extra_call must be numbers")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError as exc:  # an integer of hundreds of digits
+        raise InvalidGradeRequest("beta and penalty_per_extra_call must be numbers a 64-bit float can hold") from exc

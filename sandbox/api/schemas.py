@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..domain.calls import MAX_CALL_ID_LEN, MAX_ROLLOUT_ID_LEN
+from ..domain.calls import MAX_CALL_ID_LEN, MAX_ROLLOUT_ID_LEN, check_item
 from ..domain.environment import EnvironmentSpec
+from ..domain.errors import BadRequest
 from ..domain.hosts import STATUSES
 from ..domain.outcomes import TOOLS, Outcome
 
@@ -212,7 +213,15 @@ class GradeResponse(_Open):
 
 class PreProvisionEntry(BaseModel):
     rollout_id: str
-    item: dict[str, Any] | None = None
+    item: dict[str, Any] | None = Field(None, description="the dataset row, as the rollout's first tool call sends it")
+
+    @field_validator("item")
+    @classmethod
+    def _same_checks_as_a_tool_call(cls, item: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            return check_item(item)
+        except BadRequest as exc:  # a ValueError is what makes pydantic answer 400 (api/errors.py)
+            raise ValueError(exc.message) from exc
 
 
 class PreProvisionRequest(BaseModel):
@@ -352,6 +361,20 @@ class EnvironmentView(EnvironmentSpec, _Named):
 
 class EnvironmentList(_Open):
     environments: list[EnvironmentView]
+
+
+class EnvironmentDeleted(BaseModel):
+    """What DELETE /v1/environments/{name} removed."""
+
+    name: str
+    deleted_definition_digest: str = Field(
+        description="the removed definition's digest; its prepared images carry it as label sandbox.definition_digest"
+    )
+    registered_at: float = Field(description="when the removed definition was registered, Unix seconds")
+    now: Literal["unknown", "builtin_default"] = Field(
+        description="what the name means now: unknown (new rollouts naming it get 404), or for `default` the "
+        "built-in default again"
+    )
 
 
 # --- operations ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ..dispatch import Dispatcher
 from ..domain.calls import CallResult, ReadFileArgs, ShellArgs, ToolCall, validate_read_file, validate_shell
 from ..domain.environment import Environment
 from ..domain.errors import (
+    CallIdConflict,
     CallInProgress,
     InfraError,
     InternalError,
@@ -75,18 +76,28 @@ class ToolService:
         return result
 
     def _handle(self, call: ToolCall) -> CallResult:
+        """A retry replays the stored answer; a call_id already used for another tool is a 409 CallIdConflict."""
+
         stored, rec = self.store.calls.context(call.rollout_id, call.call_id)
-        if stored is not None:  # a retry: the first answer, never a second run
-            return stored
-        ticket = self.admission.enter(first=rec is None or not rec.served)
-        try:
-            return self._handle_new(call, rec, ticket)
-        finally:
-            ticket.release()
+        if stored is None:  # not a retry (a retry gets the first answer, never a second run)
+            ticket = self.admission.enter(first=rec is None or not rec.served)
+            try:
+                stored = self._handle_new(call, rec, ticket)  # or a concurrent duplicate's answer
+            finally:
+                ticket.release()
+        if stored.tool != call.tool:  # never hand one tool's output to a call of another
+            raise CallIdConflict(
+                f"call_id {call.call_id!r} was already used for a {stored.tool} call of this rollout; "
+                f"this {call.tool} call needs a call_id of its own"
+            )
+        return stored
 
     def _handle_new(self, call: ToolCall, rec: RolloutRecord | None, ticket: AdmissionTicket) -> CallResult:
         # The environment is fixed by the rollout's first call; unknown names are a 404.
-        env = self.registry.get(rec.environment if rec and rec.environment else environment_of(call.item))
+        if rec is not None and rec.environment:  # fixed by its first call, even if deleted since
+            env = self.registry.of_rollout(rec.environment)
+        else:
+            env = self.registry.get(environment_of(call.item))
         args_or_problem = self._validate(call, env)
         if isinstance(args_or_problem, str):
             return self._model_error_without_running(call, ModelReason.INVALID_ARGUMENTS, args_or_problem, env)

@@ -6,16 +6,24 @@ retries. Pure functions only (no I/O), so this is where most unit tests point.
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import BadRequest, InvalidRolloutId, MissingRolloutId, UnknownTool
 from .outcomes import TOOLS
+from .rollout import environment_of
 
 MAX_ROLLOUT_ID_LEN = 256
 MAX_CALL_ID_LEN = 256
 MAX_PATH_LEN = 4096
+# Nesting of a request body. Deeper bodies are refused when read: past ~1000 levels the parser
+# itself fails, and a few hundred levels already break the encoders that store or answer them.
+MAX_JSON_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")  # after json.loads, any left is unpaired: not encodable as UTF-8
+NOT_UNICODE = "text that is not valid Unicode (an unpaired surrogate, e.g. the escape \\ud800)"
 
 
 @dataclass(frozen=True)
@@ -60,17 +68,112 @@ class CallResult:
         return cls(**known)
 
 
+# --- JSON the client sent ------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; send a finite number or null")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999, which Python reads as inf
+        raise ValueError(f"the number {text[:32]} is too large for a 64-bit float")
+    return value
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body as JSON; BadRequest (400) saying what is wrong with it.
+
+    Stricter than json.loads wherever leniency fails later, after work was done: NaN and Infinity
+    (not JSON, and an answer echoing them cannot be encoded), numbers that overflow to infinity,
+    integers past Python's 4300-digit conversion limit, nesting past MAX_JSON_DEPTH.
+    """
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON body: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest(f"JSON body nested deeper than {MAX_JSON_DEPTH} levels") from exc
+    except ValueError as exc:  # invalid UTF-8, the hooks above, an integer of more than 4300 digits
+        reason = "an integer longer than 4300 digits" if "integer string conversion" in str(exc) else str(exc)
+        raise BadRequest(f"malformed JSON body: {reason}") from exc
+    problem = json_problem(body, check_text=False)
+    if problem:
+        raise BadRequest(f"JSON body: {problem}")
+    return body
+
+
+def json_problem(value: Any, *, max_depth: int = MAX_JSON_DEPTH, check_text: bool = True) -> str | None:
+    """Why `value` cannot be stored and answered as JSON, or None.
+
+    Nesting past `max_depth`, a non-finite float, and (with `check_text`) a string or key holding
+    an unpaired surrogate, which no UTF-8 encoder accepts. Iterative, so depth cannot overflow it.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if check_text and not node.isascii() and _SURROGATE.search(node):
+                return f"holds {NOT_UNICODE}"
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                return "holds a number that is not finite (NaN or Infinity)"
+        elif isinstance(node, dict | list):
+            if depth >= max_depth:
+                return f"is nested deeper than {max_depth} levels"
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def has_unpaired_surrogate(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def scrub_text(value: Any) -> Any:
+    """`value` with unpaired surrogates written as escapes (`\\ud800`), so it can be stored and shown."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8") if has_unpaired_surrogate(value) else value
+    if isinstance(value, dict):
+        return {scrub_text(k): scrub_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_text(v) for v in value]
+    return value
+
+
+def check_item(item: Any) -> dict[str, Any] | None:
+    """The dataset row, checked before anything is stored or run. Raises BadRequest (400).
+
+    The row is the client's, not the model's: text that cannot be encoded, a non-finite number
+    or an `environment` that is not a name is the client's error, never the sandbox's.
+    """
+    if item is None:
+        return None
+    if not isinstance(item, dict):
+        raise BadRequest("item must be a JSON object (the dataset row)")
+    problem = json_problem(item)
+    if problem:
+        raise BadRequest(f"item (the dataset row) {problem}")
+    environment_of(item)
+    return item
+
+
 # --- parsing -----------------------------------------------------------------------------
 
 
 def check_rollout_id(rollout_id: Any) -> str:
-    """Rollout ids become Redis keys and container labels: keep them printable and short."""
+    """Rollout ids become Redis keys, container labels and URL path segments: printable, short, no '/'."""
     if not isinstance(rollout_id, str) or not rollout_id.strip():
         raise MissingRolloutId(MissingRolloutId.__doc__ or "")
     if len(rollout_id) > MAX_ROLLOUT_ID_LEN:
         raise InvalidRolloutId(f"rollout id longer than {MAX_ROLLOUT_ID_LEN} characters")
     if not rollout_id.isprintable():
-        raise InvalidRolloutId("rollout id contains control characters")
+        raise InvalidRolloutId("rollout id contains control characters or text that is not valid Unicode")
+    if "/" in rollout_id:
+        raise InvalidRolloutId(
+            "rollout id contains '/': ids may not contain '/', since /v1/rollouts/{id} could never reach it"
+        )
     return rollout_id
 
 
@@ -105,9 +208,10 @@ def parse_tool_call(
     if not isinstance(call_id, str) or len(call_id) > MAX_CALL_ID_LEN or not call_id.isprintable():
         raise BadRequest(f"call_id must be a printable string of at most {MAX_CALL_ID_LEN} characters")
 
-    item = body.get("item")
-    if item is not None and not isinstance(item, dict):
-        raise BadRequest("item must be a JSON object (the dataset row)")
+    item = check_item(body.get("item"))
+    item_id = body.get("id")
+    if json_problem(item_id):  # echoed in the answer: refuse it before anything runs
+        raise BadRequest(f"id holds {NOT_UNICODE}")
 
     raw = body.get("arguments", {})
     arguments, error = decode_arguments(raw)
@@ -115,9 +219,9 @@ def parse_tool_call(
         tool=tool,
         rollout_id=rollout_id,
         call_id=call_id,
-        item_id=body.get("id"),
+        item_id=item_id,
         arguments=arguments,
-        raw_arguments=raw,
+        raw_arguments=scrub_text(raw),  # recorded and shown: the model's text, made encodable
         item=item,
         arguments_error=error,
     )
@@ -136,6 +240,10 @@ def decode_arguments(raw: Any) -> tuple[dict[str, Any] | None, str]:
             decoded = json.loads(raw)
         except json.JSONDecodeError as exc:
             return None, f"arguments are not valid JSON ({exc.msg} at position {exc.pos})"
+        except RecursionError:
+            return None, "arguments are nested too deeply to read; send a flat JSON object"
+        except ValueError:  # the only other: an integer past Python's conversion limit
+            return None, "arguments hold an integer longer than 4300 digits"
         if not isinstance(decoded, dict):
             return None, "arguments must be a JSON object"
         return decoded, ""
@@ -171,6 +279,8 @@ def validate_shell(
         return "shell: the command is empty"
     if "\x00" in command:
         return "shell: the command contains a NUL byte"
+    if has_unpaired_surrogate(command):
+        return f"shell: the command is {NOT_UNICODE}; write it as plain UTF-8 text"
     size = len(command.encode("utf-8", "surrogatepass"))
     if size > max_command_bytes:
         return f"shell: the command is {size} bytes; the limit is {max_command_bytes} bytes"
@@ -179,6 +289,8 @@ def validate_shell(
         timeout = default_timeout
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         return 'shell: "timeout" must be a number of seconds'
+    if isinstance(timeout, float) and not math.isfinite(timeout):  # NaN, Infinity, 1e999
+        return 'shell: "timeout" must be a finite number of seconds'
     if timeout <= 0:
         return 'shell: "timeout" must be positive'
     return ShellArgs(command=command, timeout_s=float(min(timeout, max_timeout)))
@@ -190,6 +302,8 @@ def validate_read_file(args: dict[str, Any]) -> ReadFileArgs | str:
         return 'read_file: "path" is required and must be a non-empty string'
     if "\x00" in path:
         return "read_file: the path contains a NUL byte"
+    if has_unpaired_surrogate(path):
+        return f"read_file: the path is {NOT_UNICODE}; write it as plain UTF-8 text"
     if len(path) > MAX_PATH_LEN:
         return f"read_file: the path is longer than {MAX_PATH_LEN} characters"
     lines: dict[str, int | None] = {}

@@ -12,8 +12,9 @@ import json
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .calls import json_problem
 from .errors import BadRequest
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -28,16 +29,20 @@ class WorkspaceSpec(BaseModel):
 
 
 class EnvLimits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     memory_bytes: int | None = Field(None, ge=64 * 1024**2)
     cpus: float | None = Field(None, gt=0, le=64)
     pids: int | None = Field(None, ge=32, le=100_000)
 
 
 class EnvironmentSpec(BaseModel):
-    """What a client sends to PUT /v1/environments/{name} (or writes in the YAML file)."""
+    """What a client sends to PUT /v1/environments/{name} (or writes in the YAML file).
 
-    model_config = ConfigDict(extra="forbid")
+    NaN and Infinity are refused (pydantic would store them as null, silently dropping the limit),
+    as is text that cannot be stored as UTF-8.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     workspace: WorkspaceSpec | None = None
     image: str | None = Field(None, description="base image; default: the service's sandbox image")
     workdir: str = Field("/workspace", pattern=r"^/[^\x00]*$")
@@ -46,6 +51,13 @@ class EnvironmentSpec(BaseModel):
     output_cap_bytes: int | None = Field(None, ge=256, le=1024 * 1024)
     max_tool_calls: int | None = Field(None, ge=1)
     warm_pool_size: int = Field(0, ge=0, le=5000, description="pre-started containers kept ready on each host")
+
+    @model_validator(mode="after")
+    def _storable(self) -> EnvironmentSpec:
+        problem = json_problem(self.model_dump())
+        if problem:
+            raise ValueError(f"the definition {problem}")
+        return self
 
 
 class Environment(BaseModel):

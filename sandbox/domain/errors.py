@@ -146,6 +146,14 @@ class CallInProgress(SandboxError):
     retryable = True
 
 
+class CallIdConflict(SandboxError):
+    """The call_id was already used for a call of another tool in this rollout; its answer is that tool's."""
+
+    code = "call_id_conflict"
+    http_status = 409
+    retryable = False
+
+
 # --- infrastructure failures (5xx): the trainer retries, then discards the rollout -------
 
 

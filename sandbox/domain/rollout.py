@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import BadRequest
 from .outcomes import Outcome
 
 DEFAULT_ENVIRONMENT = "default"
@@ -112,6 +113,17 @@ def container_name(instance: str, rollout_id: str) -> str:
 
 
 def environment_of(item: dict[str, Any] | None) -> str:
-    """The environment a dataset row asks for; `default` when it names none."""
+    """The environment a dataset row asks for; `default` when it names none (absent, null or "").
+
+    Raises BadRequest when it is something else than a name: a row meant for another environment
+    must not silently run in `default`.
+    """
     env = (item or {}).get("environment")
-    return env if isinstance(env, str) and env else DEFAULT_ENVIRONMENT
+    if env is None or env == "":
+        return DEFAULT_ENVIRONMENT
+    if not isinstance(env, str):
+        kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+        raise BadRequest(
+            f"item.environment must be a string naming an environment, not {kind.get(type(env), type(env).__name__)}"
+        )
+    return env

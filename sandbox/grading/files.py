@@ -159,9 +159,19 @@ def _canonical_selection(selected: Iterable[str], workdir: str) -> tuple[list[st
 
 
 def _f_beta(precision: float, recall: float, beta: float) -> float:
-    b2 = beta * beta
-    denominator = b2 * precision + recall
-    return _clamp01((1 + b2) * precision * recall / denominator) if denominator > 0 else 0.0
+    """(1 + b²)PR / (b²P + R), written so no finite beta overflows it.
+
+    For beta >= 1 numerator and denominator are divided by b²: b² may overflow to inf (beta 1e308),
+    and inf/inf is NaN, but 1/b² only underflows to 0, which leaves the limit, recall. For beta < 1,
+    b² only underflows to 0 (beta 1e-308), which leaves the limit, precision.
+    """
+    if beta >= 1:
+        c = 1.0 / (beta * beta)
+        numerator, denominator = (1 + c) * precision * recall, precision + c * recall
+    else:
+        b2 = beta * beta
+        numerator, denominator = (1 + b2) * precision * recall, b2 * precision + recall
+    return _clamp01(numerator / denominator) if denominator > 0 else 0.0
 
 
 def file_f1(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import redis
+
 from ..domain.environment import Environment
 from .connection import Connection, translate_errors
 
@@ -28,6 +30,50 @@ class EnvironmentStore:
             pipe.set(self.k.environment(env.name), env.model_dump_json())
             pipe.sadd(self.k.environments, env.name)
             pipe.execute()
+
+    def delete(self, name: str) -> Environment | None:
+        """Retire a definition: no new rollout can pick it; None when none is registered.
+
+        The definition and its file list stay readable for the retention period under a retired
+        key, so rollouts already using it keep working and grade against the right files. The
+        file list is keyed by definition digest and may be shared with another environment of
+        the same content: it only gets an expiry when no registered environment shares it. WATCH
+        makes that check and the retirement one step against a racing registration.
+        """
+        key = self.k.environment(name)
+        retention = self.c.retention_s
+        with translate_errors(), self.c.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key, self.k.environments)
+                    raw = pipe.get(key)
+                    if not raw:
+                        pipe.unwatch()
+                        return None
+                    env = Environment.model_validate_json(raw)
+                    files_key = self.k.environment_files(env.definition_digest)
+                    pipe.watch(files_key)
+                    others = [self.k.environment(n) for n in pipe.smembers(self.k.environments) if n != name]
+                    shared = any(
+                        Environment.model_validate_json(o).definition_digest == env.definition_digest
+                        for o in (pipe.mget(others) if others else [])
+                        if o
+                    )
+                    pipe.multi()
+                    pipe.set(self.k.retired_environment(name), raw, ex=retention)
+                    pipe.delete(key, self.k.preparation(name))
+                    pipe.srem(self.k.environments, name)
+                    if not shared:
+                        pipe.expire(files_key, retention)
+                    pipe.execute()
+                    return env
+                except redis.WatchError:
+                    continue  # a registration changed what we read: look again
+
+    def load_retired(self, name: str) -> Environment | None:
+        with translate_errors():
+            raw = self.c.r.get(self.k.retired_environment(name))
+        return Environment.model_validate_json(raw) if raw else None
 
     def load(self, name: str) -> Environment | None:
         with translate_errors():

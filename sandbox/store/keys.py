@@ -29,6 +29,7 @@ Hosts (hosts.py):
   P:swept:{id}:{beat}        string  a down host's rollouts were ended for this outage
 Environments (environments.py):
   P:env:{name}               string  JSON definition (domain.environment.Environment)
+  P:env-retired:{name}       string  a deleted definition, kept for the rollouts that use it (expires)
   P:envs                     set     registered names
   P:envfiles:{digest}        set     the workspace's files at the base (the grader's existence check)
   P:envprep:{name}           hash    host -> JSON preparation state
@@ -114,6 +115,9 @@ class Keys:
     # --- environments ---
     def environment(self, name: str) -> str:
         return f"{self.p}:env:{name}"
+
+    def retired_environment(self, name: str) -> str:
+        return f"{self.p}:env-retired:{name}"
 
     @property
     def environments(self) -> str:

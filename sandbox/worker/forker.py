@@ -85,7 +85,7 @@ class Forker:
     def _create_children(
         self, parent: RolloutRecord, child_ids: tuple[str, ...], tag: str, made: dict[str, str]
     ) -> None:
-        env = self.registry.get(parent.environment or DEFAULT_ENVIRONMENT)
+        env = self.registry.of_rollout(parent.environment or DEFAULT_ENVIRONMENT)
 
         def create(child_id: str) -> None:
             name = container_name(self.settings.instance, child_id)

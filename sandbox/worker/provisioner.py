@@ -60,7 +60,7 @@ class Provisioner:
         name = container_name(self.settings.instance, rid)
         started = self.clock.monotonic()
         try:
-            env = self.registry.get(rec.environment or DEFAULT_ENVIRONMENT)
+            env = self.registry.of_rollout(rec.environment or DEFAULT_ENVIRONMENT)
             image = self.preparer.image_for(env)  # once per host and definition; outside the semaphore
             with self.semaphore:  # bounds the engine's work only: the guest boots outside it
                 container_id = self.backend.create(

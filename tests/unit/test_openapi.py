@@ -42,6 +42,7 @@ ERRORS = {
     ("put", "/v1/environments/{name}"): {400, 403},
     ("get", "/v1/environments/{name}"): {404},
     ("get", "/v1/environments"): set(),
+    ("delete", "/v1/environments/{name}"): {404},
     ("post", "/v1/rollouts/{rollout_id}/fork"): {400, 404, 409, 413},
 }
 HAND_READ_BODIES = {

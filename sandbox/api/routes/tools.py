@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
-from ...domain.calls import CallResult, check_tool, parse_tool_call
+from ...domain.calls import CallResult, check_tool, parse_json_body, parse_tool_call
 from ...domain.errors import BadRequest, PayloadTooLarge
 from ..auth import require_token
 from ..context import ApiContext
@@ -43,7 +42,8 @@ def _tool_call_responses() -> dict[int | str, dict[str, Any]]:
             503,
             descriptions={
                 404: "Unknown tool (unknown_tool) or environment (unknown_environment)",
-                409: "The same call_id is still running (call_in_progress), or the rollout was released",
+                409: "The same call_id is still running (call_in_progress) or was used for another tool "
+                "(call_id_conflict), or the rollout was released",
                 503: "Infrastructure failure (outcome infra_error): retry, then discard the rollout",
             },
         ),
@@ -92,6 +92,7 @@ async def _call(request: Request, tool: str, path_rollout_id: str | None) -> JSO
 
 
 async def read_json(request: Request) -> Any:
+    """The body as JSON, capped at MAX_BODY_BYTES; anything malformed is a 400 (PayloadTooLarge: 413)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"request body larger than {MAX_BODY_BYTES} bytes")
@@ -105,7 +106,4 @@ async def read_json(request: Request) -> Any:
     raw = b"".join(chunks)
     if not raw.strip():
         raise BadRequest("empty request body; send the function_call JSON object")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON body: {exc}") from exc
+    return parse_json_body(raw)  # 400 for what would fail later: NaN, deep nesting, 5000-digit integers
