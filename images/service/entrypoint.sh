@@ -14,7 +14,7 @@ if [ -n "${SANDBOX_GUEST_DIR:-}" ]; then
     src=$(python -c 'import pathlib, sandbox.guest as g; print(pathlib.Path(g.__file__).parent)')
     if [ "$src" != "$SANDBOX_GUEST_DIR" ]; then
         changed=""
-        for f in "$src"/*.py; do
+        for f in "$src"/guest*.py "$src"/guest*.sh; do
             name=${f##*/}
             dest="$SANDBOX_GUEST_DIR/$name"
             if ! cmp -s "$f" "$dest" 2>/dev/null; then

@@ -21,11 +21,7 @@ def shell_outcome(reply: Mapping[str, Any], *, timeout_s: float, memory_bytes: i
     """
     if "error" in reply:
         if reply.get("pids_exhausted"):
-            return (
-                Outcome.MODEL_ERROR,
-                ModelReason.PIDS_EXHAUSTED,
-                "[could not start the command: the sandbox's process limit is used up by earlier commands]",
-            )
+            return Outcome.MODEL_ERROR, ModelReason.PIDS_EXHAUSTED, f"[could not start the command: {PIDS_FULL}]"
         raise InternalError(f"guest could not run the command: {reply['error']}")
     output: str = reply.get("output", "")
     if reply.get("timed_out"):
@@ -50,6 +46,10 @@ def shell_outcome(reply: Mapping[str, Any], *, timeout_s: float, memory_bytes: i
     return Outcome.OK, OK_REASON, output
 
 
+# pids_exhausted: the guest could not start a process or thread (EAGAIN). Only the model's
+# processes can fill the container's process table: nothing else runs there.
+PIDS_FULL = "the sandbox's process limit is used up by its running processes"
+
 READ_FILE_STATUS_REASONS = {
     "not_found": ModelReason.FILE_NOT_FOUND,
     "is_a_directory": ModelReason.IS_A_DIRECTORY,
@@ -57,13 +57,18 @@ READ_FILE_STATUS_REASONS = {
     "permission_denied": ModelReason.PERMISSION_DENIED,
     "invalid_range": ModelReason.INVALID_RANGE,
     "not_a_regular_file": ModelReason.NOT_A_REGULAR_FILE,
+    "unreadable": ModelReason.UNREADABLE_FILE,
 }
 
 
 def read_file_outcome(reply: Mapping[str, Any], path: str) -> tuple[str, str, str]:
-    """(outcome, reason, output) of a read_file. A guest that failed is ours (InternalError); a status
-    outside the protocol raises ValueError (the caller reports it as ours too)."""
+    """(outcome, reason, output) of a read_file. Whatever happened reading the path the model
+    named is the model's (the guest answers it as a status, `unreadable` at worst), and so is
+    a process table the model filled; any other guest error is ours (InternalError). A
+    status outside the protocol raises ValueError (the caller reports it as ours too)."""
     if "error" in reply:
+        if reply.get("pids_exhausted"):
+            return Outcome.MODEL_ERROR, ModelReason.PIDS_EXHAUSTED, f"read_file: could not read {path}: {PIDS_FULL}"
         raise InternalError(f"guest failed read_file: {reply['error']}")
     status = reply.get("status", "error")
     if status == "ok":
@@ -82,6 +87,7 @@ _READ_FILE_MESSAGES = {
     ModelReason.PERMISSION_DENIED: "permission denied: {path}",
     ModelReason.INVALID_RANGE: "the line range is outside {path}",
     ModelReason.NOT_A_REGULAR_FILE: "{path} is not a regular file",
+    ModelReason.UNREADABLE_FILE: "could not read {path}",
 }
 
 

@@ -28,6 +28,7 @@ class ModelReason(StrEnum):
     PERMISSION_DENIED = "permission_denied"
     INVALID_RANGE = "invalid_range"
     NOT_A_REGULAR_FILE = "not_a_regular_file"
+    UNREADABLE_FILE = "unreadable_file"
     BUDGET_EXHAUSTED = "budget_exhausted"
     OOM_KILLED = "oom_killed"
     PIDS_EXHAUSTED = "pids_exhausted"

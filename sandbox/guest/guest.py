@@ -14,9 +14,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import socketserver
 import sys
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 # The guest is this file and its guest_*.py siblings (the protocol: guest_protocol.py), one
 # directory mounted read-only at /opt/sandbox-guest, where the siblings are top-level
@@ -25,12 +26,14 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING or __package__:
     from .guest_common import BadRequest
     from .guest_files import read_file
+    from .guest_procs import become_subreaper
     from .guest_protocol import (
         MAX_REQUEST,
         OP_PING,
         OP_READ_FILE,
         OP_SHELL,
         VERSION,
+        ErrorReply,
         ReadFileRequest,
         Reply,
         ShellRequest,
@@ -45,12 +48,14 @@ else:
         sys.path.insert(0, _HERE)
     from guest_common import BadRequest
     from guest_files import read_file
+    from guest_procs import become_subreaper
     from guest_protocol import (
         MAX_REQUEST,
         OP_PING,
         OP_READ_FILE,
         OP_SHELL,
         VERSION,
+        ErrorReply,
         ReadFileRequest,
         Reply,
         ShellRequest,
@@ -66,15 +71,15 @@ def handle(req: Any, workdir: str, user: str | None) -> Reply:
         op = req.get("op")
         if op == OP_PING:
             return {"ok": True, "version": VERSION, "pid": os.getpid()}
+        if op not in (OP_SHELL, OP_READ_FILE):
+            raise BadRequest(f"unknown op: {op}")
+        try:
+            ident = resolve_identity(user)
+        except KeyError:
+            return {"error": f"no such user: {user}"}
         if op == OP_SHELL:
-            try:
-                ident = resolve_identity(user)
-            except KeyError:
-                return {"error": f"no such user: {user}"}
             return run_shell(cast(ShellRequest, req), workdir, ident)
-        if op == OP_READ_FILE:
-            return read_file(cast(ReadFileRequest, req), workdir)
-        raise BadRequest(f"unknown op: {op}")
+        return read_file(cast(ReadFileRequest, req), workdir, ident)
     except BadRequest as exc:
         return {"error": str(exc)}
     except Exception as exc:  # never let one request take the server down
@@ -110,6 +115,17 @@ class Handler(socketserver.StreamRequestHandler):
             pass  # client went away or timed out; nothing to answer
 
 
+# The answer to a request no thread could be started for. Threads count against the
+# container's pids limit, which only the model's processes can use up (the guest needs one
+# thread per request and nothing else runs there): the model's error, never a dropped
+# connection, which the host would have to take for a broken guest.
+NO_THREAD: Final[ErrorReply] = {
+    "error": "the guest could not start a thread for this request: the sandbox's process limit is used up",
+    "retryable": True,
+    "pids_exhausted": True,
+}
+
+
 class GuestServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     request_queue_size = 512
@@ -118,8 +134,36 @@ class GuestServer(socketserver.ThreadingUnixStreamServer):
         self.workdir, self.user = workdir, user
         super().__init__(path, Handler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # "can't start new thread"
+            answer_without_thread(request)
+            self.shutdown_request(request)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         print(f"guest: error while serving a request: {sys.exc_info()[1]!r}", file=sys.stderr)
+
+
+def answer_without_thread(conn: socket.socket) -> None:
+    """Answer on the accepting thread, briefly: a ping as usual, any other request NO_THREAD.
+
+    The request is read first (for at most 1 s): closing a connection with its request
+    unread would reset it, and the client would see no answer at all.
+    """
+    with contextlib.suppress(OSError):
+        conn.settimeout(1.0)
+        line = b""
+        while not line.endswith(b"\n") and len(line) <= MAX_REQUEST:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            line += chunk
+        try:
+            is_ping = json.loads(line).get("op") == OP_PING
+        except (ValueError, RecursionError, AttributeError):
+            is_ping = False
+        conn.sendall(encode({"ok": True, "version": VERSION, "pid": os.getpid()} if is_ping else NO_THREAD))
 
 
 def serve(sock_path: str, workdir: str, user: str | None) -> int:
@@ -128,6 +172,7 @@ def serve(sock_path: str, workdir: str, user: str | None) -> int:
     os.makedirs(parent, mode=0o700, exist_ok=True)
     if os.path.lexists(sock_path):
         os.unlink(sock_path)
+    adopt_orphans(user)
     warm_up(workdir, user)  # before the socket exists: ready means fast from the first call
     old_umask = os.umask(0o177)  # no window where the socket is group/world accessible
     try:
@@ -148,8 +193,15 @@ def serve(sock_path: str, workdir: str, user: str | None) -> int:
     return 0
 
 
+def adopt_orphans(user: str | None) -> None:
+    """Before the first command: a subreaper when the user's processes cannot be told by uid."""
+    with contextlib.suppress(KeyError):  # no such user: every request says so
+        become_subreaper(resolve_identity(user))
+
+
 def once(encoded: str, workdir: str, user: str | None) -> int:
     """`docker exec` fallback: exit non-zero only when the request itself is undecodable."""
+    adopt_orphans(user)
     try:
         req = json.loads(base64.b64decode(encoded, validate=True))
         if not isinstance(req, dict):

@@ -21,8 +21,10 @@ serve mode, the normal one; the container's main process:
   one line ended by "\\n" (UTF-8, compact, non-ASCII not escaped) and closes. A request
   line over MAX_REQUEST bytes (4 MiB, the newline included) is answered with an error; a
   connection whose request stalls for 60 s is closed without an answer.
-- Connections are served concurrently, a thread each. SIGTERM ends the server (exit 0)
-  and removes the socket.
+- Connections are served concurrently, a thread each. When no thread can be started (the
+  container's pids limit is used up), the guest still answers, on the accepting thread:
+  a ping as usual, any other request with the error NO_THREAD (Errors, below); it never
+  drops a connection it accepted. SIGTERM ends the server (exit 0) and removes the socket.
 
 once mode, the fallback through `docker exec` (one process per request):
 
@@ -58,7 +60,8 @@ shell -> ShellReply | ErrorReply
                  starts in the user's home directory instead, failing that in /.
     stdin is /dev/null; stdout and stderr share one pipe; the environment is exactly
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin, HOME, USER and LOGNAME
-    of the user, LANG=C.UTF-8, TERM=dumb, SHELL=/bin/bash.
+    of the user, LANG=C.UTF-8, TERM=dumb, SHELL=/bin/bash. The command's oom_score_adj is
+    1000 (Guarantees, below).
     reply:
       exit_code        int | null: bash's exit status; null if a signal killed it or it timed out
       signal           int | null: the signal that killed bash; 9 (SIGKILL) when timed out
@@ -76,18 +79,27 @@ read_file -> ReadFileReply | ErrorReply
     start_line   integer | null: first line wanted, 1-based; default 1.
     end_line     integer | null: last line wanted, inclusive; default the file's last line.
     output_cap   as for shell.
-    The guest reads the file itself, as its own user (not as --user). It reads regular
-    files only (stat first: devices are never opened), at most MAX_FILE_READ (64 MiB) of
-    one, and calls a file binary when one of its first BINARY_PROBE (8 KiB) bytes is NUL.
-    Lines end at "\\n"; a last line without one counts as a line.
+    The file is read as --user, exactly as a shell command of that user would read it
+    (permissions, symlinks and /proc alike): a reader program (cat) started like a command
+    opens it and the guest selects lines from what it writes; the guest never opens the
+    file itself. It stats the path first, only so that devices, FIFOs and sockets are
+    answered not_a_regular_file without being opened (all it learns as root is that type).
+    At most MAX_FILE_READ (64 MiB) of a file is read, within READ_FILE_TIMEOUT (20 s); a
+    file is binary when one of its first BINARY_PROBE (8 KiB) bytes is NUL. Lines end at
+    "\\n"; a last line without one counts as a line.
     reply:
       status           one of READ_FILE_STATUSES:
                          ok                  content holds the lines asked for ("" when the
                                              file is empty)
-                         not_found           no such file, or it could not be opened at all
+                         not_found           no such file (or a path component is not a
+                                             directory)
                          is_a_directory
                          not_a_regular_file  a device, FIFO, socket...
-                         permission_denied
+                         permission_denied   the user may not read it
+                         unreadable          any other failure to read it (an I/O error,
+                                             as /proc/self/mem gives; a symlink loop; no
+                                             end within 20 s; the reader killed): the
+                                             message says which
                          binary              a NUL byte within the first 8 KiB
                          invalid_range       start_line < 1, end_line < start_line, or
                                              start_line past the last line of a non-empty file
@@ -104,14 +116,17 @@ Errors
 ------
 Instead of its reply, any request can get ErrorReply {"error": "<message>"}: a request
 that is not a JSON object, not valid JSON, too large, has an unknown op or a field of the
-wrong type or range (the message names the field), a shell request for a --user that does
-not exist ("no such user: USER"), a read that failed after the file was opened ("could not
-read PATH: ..."), or a bug ("internal error: ..."). One error carries two more fields: a
-shell command that could not be started ("could not start the command: ..."), with
+wrong type or range (the message names the field), a shell or read_file request for a
+--user that does not exist ("no such user: USER"), or a bug ("internal error: ...").
+Whatever the path names, a failure to read it is a read_file status, never an error.
+Three errors carry two more fields: a shell command that could not be started ("could not
+start the command: ..."), a read_file reader that could not be started ("could not start
+reading PATH: ..."), and NO_THREAD (no thread could be started for the request), with
     retryable       bool: the start failed with EAGAIN, ENOMEM, EMFILE or ENFILE, after the
-                    guest retried for about 1 s
+                    guest retried for about 1 s (always true for NO_THREAD)
     pids_exhausted  bool: it failed with EAGAIN, i.e. the container's pids limit is used up,
-                    by the sandbox's own processes (nothing else runs there)
+                    by the sandbox's own processes (nothing else runs there); true for
+                    NO_THREAD
 Clients tell an error from a reply by the key "error". The server outlives every request.
 
 Guarantees
@@ -120,9 +135,26 @@ Guarantees
   as the leader of a process group of its own.
 - At the deadline the whole group is SIGKILLed, again and again until it is empty (for at
   most ~2 s, against fork bombs). When bash exits by itself, what it left in the background
-  gets 0.1 s to close the output pipe, then the group is killed the same way. So nothing of
-  a command's process group survives its call (a process that moves itself into another
-  group or session, with setsid, is outside that).
+  gets 0.1 s to close the output pipe, then the group is killed the same way.
+- Nothing the user starts survives its call, whatever session or group it moved into
+  (setsid, setpgid): when a command returns, every process of --user that no running
+  request accounts for is SIGKILLed, again and again until none is left (for at most
+  ~2 s). A running request accounts for its own child (bash, read_file's reader), that
+  child's process group, and every descendant of either; so calls running in parallel
+  do not kill each other's processes. (A process that a running command both moved out
+  of its group and orphaned is not accounted for, and dies at the next return.) The
+  user's processes are told by uid; when --user is the guest's own user (no switch), the
+  guest is a child subreaper and kills its own descendants instead. once mode sweeps the
+  same way, knowing only its own request: a once request running beside a serve guest's
+  request (a guest restarted meanwhile) may kill that request's processes.
+- Memory: every shell command starts with oom_score_adj 1000 (its bash sources
+  guest_bash_env.sh, through BASH_ENV, before the command's code; BASH_ENV is unset
+  there), so when the container's memory is used up the kernel's OOM killer takes the
+  model's processes before the guest, which keeps the score the container started it
+  with. Not guaranteed against a command that lowers its own score again (allowed down
+  to that same starting score) and fills the memory with processes smaller than the
+  guest: then the guest can be the OOM killer's choice (docs/architecture.md, "The guest
+  executor").
 - Output is kept as head + tail: of a cap C, the first C // 2 bytes and the last C - C // 2.
   When bytes were left out, output is head + "\\n[... N bytes omitted ...]\\n" + tail, with
   N = truncated_bytes (the marker is not counted in the cap), decoded after joining; the
@@ -135,6 +167,8 @@ Versions
 --------
 ping reports VERSION. It changes when a change would break an existing client or guest
 (a field removed or renamed, a meaning changed); a new optional field does not change it.
+A new read_file status (unreadable) came with the client's mapping of it: the guest is
+mounted from the worker's own package, so both sides come from one version.
 """
 
 from typing import Final, Literal, Required, TypedDict, get_args
@@ -151,6 +185,7 @@ DEFAULT_CAP: Final = 65536  # output_cap: bytes
 MAX_OUTPUT_CAP: Final = 16 * 1024 * 1024  # bounds the guest's memory whatever the client asks
 MAX_FILE_READ: Final = 64 * 1024 * 1024  # read_file reads no further
 BINARY_PROBE: Final = 8192  # read_file: a NUL byte in this many first bytes means binary
+READ_FILE_TIMEOUT: Final = 20.0  # read_file: seconds the reader may take (a FIFO swapped in blocks)
 
 ReadFileStatus = Literal[
     "ok",
@@ -160,6 +195,7 @@ ReadFileStatus = Literal[
     "permission_denied",
     "binary",
     "invalid_range",
+    "unreadable",
 ]
 READ_FILE_STATUSES: Final[tuple[ReadFileStatus, ...]] = get_args(ReadFileStatus)
 
@@ -212,7 +248,7 @@ class ReadFileReply(TypedDict):
 
 class ErrorReply(TypedDict, total=False):
     error: Required[str]
-    retryable: bool  # only when a shell command could not be started
+    retryable: bool  # only when a command or reader could not be started, and NO_THREAD
     pids_exhausted: bool  # likewise
 
 

@@ -16,11 +16,11 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING or __package__:  # imported as part of sandbox.guest (and by mypy)
     from .guest_common import CHUNK, BadRequest, HeadTailBuffer, int_field, number_field
+    from .guest_procs import RETRYABLE, Identity, forget, has_exited, kill_group, spawn, sweep
     from .guest_protocol import (
         DEFAULT_CAP,
         DEFAULT_TIMEOUT,
@@ -32,6 +32,7 @@ if TYPE_CHECKING or __package__:  # imported as part of sandbox.guest (and by my
     )
 else:  # a top-level module, imported by guest.py from its own directory
     from guest_common import CHUNK, BadRequest, HeadTailBuffer, int_field, number_field
+    from guest_procs import RETRYABLE, Identity, forget, has_exited, kill_group, spawn, sweep
     from guest_protocol import (
         DEFAULT_CAP,
         DEFAULT_TIMEOUT,
@@ -43,29 +44,17 @@ else:  # a top-level module, imported by guest.py from its own directory
     )
 
 EXIT_GRACE = 0.1  # how long background children may keep the pipe open after bash exits
-KILL_BOUND = 2.0
-START_RETRY = 1.0
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-RETRYABLE = (errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE)
 # subprocess's own cwd= would chdir while still root (before the uid switch), so the
 # command's directory is entered as the target user, falling back to home, then /.
 CD_THEN_RUN = 'cd -- "$1" 2>/dev/null || cd -- "$HOME" 2>/dev/null || cd /; exec bash -c "$2"'
 SETPRIV_PATHS = ("/usr/bin/setpriv", "/bin/setpriv")
 OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who commands run as; uid None means 'as the guest itself' (no switching)."""
-
-    name: str
-    home: str
-    uid: int | None = None
-    gid: int | None = None
-    groups: tuple[int, ...] | None = None
-    # argv prefix that switches to uid/gid/groups after exec (util-linux setpriv), or empty:
-    # then Popen switches users itself, which costs a full fork of this process (below).
-    switch: tuple[str, ...] = ()
+# Sourced by every command's bash before the command's own code (BASH_ENV): it raises the
+# command's oom_score_adj to 1000, so the container's OOM killer takes the model's
+# processes before the guest, and takes BASH_ENV out of the command's environment.
+BASH_ENV_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest_bash_env.sh")
+AS_GUEST = Identity("guest", "/")  # a program started as the guest itself (the setpriv probe)
 
 
 def resolve_identity(user: str | None) -> Identity:
@@ -107,11 +96,19 @@ def setpriv_prefix(uid: int, gid: int, groups: tuple[int, ...]) -> tuple[str, ..
     for path in SETPRIV_PATHS:
         if not os.access(path, os.X_OK):
             continue
-        try:
-            probe = subprocess.run([path, *args, "--", *show], capture_output=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
+        try:  # started on record like every child, so no sweep takes it for a stray
+            probe = spawn([path, *args, "--", *show], AS_GUEST, cwd="/", env={}, stderr=subprocess.DEVNULL)
+        except OSError:
             continue
-        if probe.returncode == 0 and _status_shows(probe.stdout, uid, gid, groups):
+        try:
+            out, _ = probe.communicate(timeout=10)
+        except subprocess.SubprocessError:
+            probe.kill()
+            out = b""
+        finally:
+            probe.wait()
+            forget(probe)
+        if probe.returncode == 0 and _status_shows(out, uid, gid, groups):
             return (path, *args, "--")
     return ()
 
@@ -157,44 +154,8 @@ def read_oom_count() -> int | None:
     return None
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in a process group, found by scanning /proc."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-            fields = data[data.rindex(b")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                found.append(int(name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
-def kill_group(pgid: int) -> None:
-    """SIGKILL a group until it is empty; loops because a fork bomb keeps forking."""
-    end = time.monotonic() + KILL_BOUND
-    while True:
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
-        if not group_members(pgid) or time.monotonic() > end:
-            return
-        time.sleep(0.005)
-
-
-def has_exited(pid: int) -> bool:
-    """Peek without reaping: a zombie leader keeps its pgid from being reused."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
 def start_command(command: str, cwd: str, ident: Identity) -> subprocess.Popen[bytes]:
-    """Start bash in its own group; retry EAGAIN (pids limit exhausted) for ~1 s."""
+    """Start bash in its own group, on record (guest_procs.py); retry EAGAIN (pids limit) for ~1 s."""
     env = {
         "PATH": PATH,
         "HOME": ident.home,
@@ -204,38 +165,33 @@ def start_command(command: str, cwd: str, ident: Identity) -> subprocess.Popen[b
         "TERM": "dumb",
         "SHELL": "/bin/bash",
     }
+    if bash_env_usable():
+        env["BASH_ENV"] = BASH_ENV_FILE  # the file unsets it before the command runs
     # One bash started in the directory is enough when anyone may enter it (the usual
     # workspace): Popen enters it before dropping to the user, as a root that has no
     # DAC_OVERRIDE, so that only works for world-searchable paths. Otherwise a wrapper shell
     # enters it as the user and execs a second bash (about 1 ms more per call).
-    argv, start_dir = (
-        (["bash", "-c", command], cwd)
-        if _world_searchable(cwd)
-        else (["bash", "-c", CD_THEN_RUN, "bash", cwd, command], "/")
-    )
-    switch: dict[str, Any] = (
-        {} if ident.switch else {"user": ident.uid, "group": ident.gid, "extra_groups": ident.groups}
-    )
-    end = time.monotonic() + START_RETRY
-    while True:
+    if _world_searchable(cwd):
         try:
-            return subprocess.Popen(
-                [*ident.switch, *argv],
-                cwd=start_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-                **switch,
-            )
+            return spawn(["bash", "-c", command], ident, cwd=cwd, env=env, stderr=subprocess.STDOUT)
         except OSError as exc:
-            if start_dir != "/" and exc.errno in (errno.EACCES, errno.ENOENT, errno.ENOTDIR):
-                argv, start_dir = ["bash", "-c", CD_THEN_RUN, "bash", cwd, command], "/"  # changed meanwhile
-                continue
-            if exc.errno not in RETRYABLE or time.monotonic() >= end:
-                raise
-            time.sleep(0.05)
+            if exc.errno not in (errno.EACCES, errno.ENOENT, errno.ENOTDIR):
+                raise  # else: the directory changed meanwhile; enter it as the user
+    argv = ["bash", "-c", CD_THEN_RUN, "bash", cwd, command]
+    return spawn(argv, ident, cwd="/", env=env, stderr=subprocess.STDOUT)
+
+
+@functools.lru_cache(maxsize=1)
+def bash_env_usable() -> bool:
+    """Whether the user can read BASH_ENV_FILE: bash would print an error for each command otherwise."""
+    return _world_searchable(os.path.dirname(BASH_ENV_FILE)) and _mode_has(BASH_ENV_FILE, stat.S_IROTH)
+
+
+def _mode_has(path: str, bits: int) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & bits)
+    except OSError:
+        return False
 
 
 def _world_searchable(path: str) -> bool:
@@ -301,7 +257,8 @@ def drain(fd: int, buf: HeadTailBuffer) -> None:
 
 
 def run_shell(req: ShellRequest, workdir: str, ident: Identity) -> ShellReply | ErrorReply:
-    """Run one command in its own process group and leave nothing of that group behind."""
+    """Run one command in its own process group; leave nothing of the user's behind but what
+    other running calls own."""
     command = req.get("command")
     if not isinstance(command, str):
         raise BadRequest("shell needs a string 'command'")
@@ -337,6 +294,8 @@ def run_shell(req: ShellRequest, workdir: str, ident: Identity) -> ShellReply | 
         drain(proc.stdout.fileno(), buf)
         proc.stdout.close()
         rc = proc.wait()
+        forget(proc)
+        sweep(ident)  # what left the group (setsid, setpgid) and no other running call owns
     sig = -rc if rc < 0 else None
     oom_after = read_oom_count()
     oom = (

@@ -8,11 +8,13 @@ import importlib.util
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -232,6 +234,50 @@ def test_huge_output_keeps_guest_memory_small(guest):
     assert peak_kb < 60 * 1024
 
 
+def guest_zombie_children(g: dict[str, Any]) -> list[int]:
+    """Zombies whose parent is the guest: adopted orphans it failed to reap."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            stat_line = Path(f"/proc/{name}/stat").read_bytes()
+        except (OSError, ValueError):
+            continue
+        fields = stat_line[stat_line.rindex(b")") + 2 :].split()
+        if fields[0] == b"Z" and int(fields[1]) == g["proc"].pid:
+            found.append(int(name))
+    return found
+
+
+def test_setsid_escapees_are_killed_when_their_call_returns(guest):
+    escape = "setsid sleep 41.05 >/dev/null 2>&1 </dev/null & (setsid sleep 41.05 </dev/null >/dev/null 2>&1 &)"
+    resp = shell(guest, escape + "; sleep 0.2; echo started")
+    assert resp["output"] == "started\n" and resp["exit_code"] == 0
+    assert live_procs_with_arg("41.05") == []
+    assert guest_zombie_children(guest) == []
+
+
+def test_cleanup_after_a_call_spares_a_parallel_call(guest):
+    results: dict[str, dict[str, Any]] = {}
+    slow = threading.Thread(
+        target=lambda: results.update(slow=shell(guest, "setsid sleep 0.8 & p=$!; sleep 1; wait $p; echo done $?"))
+    )
+    slow.start()
+    time.sleep(0.3)
+    results["quick"] = shell(guest, "setsid sleep 41.06 >/dev/null 2>&1 </dev/null & sleep 0.1; echo quick")
+    assert slow.is_alive()  # the quick call's cleanup ran while the slow one was running
+    slow.join()
+    assert results["quick"]["output"] == "quick\n"
+    assert results["slow"]["output"] == "done 0\n"  # its own setsid child was not killed
+    assert live_procs_with_arg("41.06") == []
+
+
+def test_commands_are_the_oom_killers_first_choice_and_bash_env_is_gone(guest):
+    out = shell(guest, "cat /proc/self/oom_score_adj /proc/$$/oom_score_adj; env")["output"].splitlines()
+    assert out[:2] == ["1000", "1000"]
+    assert not [line for line in out if line.startswith("BASH_ENV=")]
+    assert Path(f"/proc/{guest['proc'].pid}/oom_score_adj").read_text().strip() != "1000"
+
+
 # --- read_file -------------------------------------------------------------------------
 
 
@@ -289,6 +335,21 @@ def test_read_proc_file(guest):
     assert resp["total_lines"] > 5
 
 
+def test_the_file_is_opened_by_a_reader_process_not_by_the_guest(guest):
+    # /proc/self is whoever opens the path: the reader (cat), never the guest itself.
+    assert read(guest, "/proc/self/status", 1, 1)["content"] == "Name:\tcat\n"
+    assert read(guest, "/proc/self/cmdline")["status"] == "binary"  # cat's NUL-separated argv
+
+
+def test_a_read_error_is_a_status_never_an_error_reply(guest, files):
+    mem = read(guest, "/proc/self/mem")
+    assert mem["status"] == "unreadable" and mem["content"] == ""
+    assert mem["message"] == "could not read /proc/self/mem: Input/output error"
+    os.symlink("loop", files / "loop")
+    assert read(guest, "loop")["message"] == "could not read loop: Too many levels of symbolic links"
+    assert read(guest, "five.txt/x")["status"] == "not_found"
+
+
 def test_read_truncates_with_the_same_marker(guest, files):
     (files / "long.txt").write_bytes(b"".join(b"line %05d\n" % i for i in range(1, 2001)))
     resp = read(guest, "long.txt", 2, 1999, cap=22)
@@ -306,7 +367,7 @@ def test_read_nul_after_probe_window_is_text(guest, files):
 # --- in-process checks of pieces that are hard to provoke for real ----------------------
 
 
-GUEST_SIBLINGS = ("guest_shell", "guest_files", "guest_common", "guest_protocol")
+GUEST_SIBLINGS = ("guest_shell", "guest_files", "guest_procs", "guest_common", "guest_protocol")
 
 
 class GuestNamespace:
@@ -378,6 +439,68 @@ def test_fork_failure_is_retried_then_reported_retryable(monkeypatch):
     assert resp["retryable"] is True
     assert resp["error"].startswith("could not start the command: ")
     assert len(calls) > 5
+
+
+def test_a_reader_that_cannot_start_is_reported_pids_exhausted(monkeypatch, tmp_path):
+    from sandbox.domain.classify import read_file_outcome
+
+    g = load_guest_module()
+    (tmp_path / "f.txt").write_text("x\n")
+
+    def failing_popen(*args, **kwargs):
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(g.subprocess, "Popen", failing_popen)
+    resp = g.handle({"op": "read_file", "path": "f.txt"}, str(tmp_path), None)
+    assert resp["error"].startswith("could not start reading f.txt: ")
+    assert resp["retryable"] is True and resp["pids_exhausted"] is True
+    assert read_file_outcome(resp, "f.txt")[:2] == ("model_error", "pids_exhausted")
+
+
+def test_a_request_no_thread_can_be_started_for_is_still_answered(monkeypatch, tmp_path):
+    g = load_guest_module()
+    sock = tmp_path / "g.sock"
+    server = g.GuestServer(str(sock), str(tmp_path), None)
+    clients = []
+    try:
+        for request in ({"op": "shell", "command": "echo hi"}, {"op": "ping"}):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.settimeout(10)
+            client.connect(str(sock))
+            client.sendall(json.dumps(request).encode() + b"\n")
+            clients.append(client)
+
+        def no_thread(self):
+            raise RuntimeError("can't start new thread")
+
+        with monkeypatch.context() as m:
+            m.setattr(threading.Thread, "start", no_thread)
+            server.handle_request()
+            server.handle_request()
+        replies = [json.loads(client.makefile("rb").readline()) for client in clients]
+    finally:
+        server.server_close()
+        for client in clients:
+            client.close()
+    assert replies[0]["pids_exhausted"] is True and replies[0]["retryable"] is True
+    assert "could not start a thread" in replies[0]["error"]
+    assert replies[1]["ok"] is True
+
+
+def test_every_read_file_status_the_guest_answers_is_the_models():
+    from sandbox.domain.classify import read_file_outcome
+    from sandbox.guest.guest_protocol import READ_FILE_STATUSES
+
+    for status in READ_FILE_STATUSES:
+        reply = {"status": status, "content": "", "total_lines": 0, "output_bytes": 0, "truncated_bytes": 0}
+        outcome, _, text = read_file_outcome({**reply, "message": ""}, "p.txt")
+        assert outcome == ("ok" if status == "ok" else "model_error"), status
+    unreadable = {**reply, "status": "unreadable", "message": "could not read /proc/self/mem: Input/output error"}
+    assert read_file_outcome(unreadable, "/proc/self/mem") == (
+        "model_error",
+        "unreadable_file",
+        "read_file: could not read /proc/self/mem: Input/output error",
+    )
 
 
 def test_oom_evidence_needs_sigkill_and_a_counter_increase(monkeypatch, tmp_path):
@@ -465,3 +588,27 @@ def test_users_switch_through_setpriv_when_it_works_and_through_popen_otherwise(
     monkeypatch.setattr(g, "SETPRIV_PATHS", (str(fake),))
     g.setpriv_prefix.cache_clear()
     assert g.setpriv_prefix(nobody.pw_uid, nobody.pw_gid, (nobody.pw_gid,)) == ()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="switching users needs root")
+def test_read_file_reads_as_the_user_when_root():
+    g = load_guest_module()
+    workdir = Path(tempfile.mkdtemp(prefix="guest-read-"))  # not under pytest's 0700 tmp
+    try:
+        workdir.chmod(0o755)
+        (workdir / "secret").write_text("root only\n")
+        (workdir / "secret").chmod(0o600)
+        (workdir / "public").write_text("one\ntwo\n")
+        (workdir / "public").chmod(0o644)
+        os.symlink(workdir / "secret", workdir / "link")
+        for path in ("secret", "link"):
+            resp = g.handle({"op": "read_file", "path": path}, str(workdir), "nobody")
+            assert (resp["status"], resp["content"]) == ("permission_denied", ""), resp
+            assert resp["message"] == f"permission denied: {path}"
+        assert g.handle({"op": "read_file", "path": "public", "start_line": 2}, str(workdir), "nobody")["content"] == (
+            "two\n"
+        )
+        root = g.handle({"op": "read_file", "path": "secret"}, str(workdir), "root")
+        assert root["content"] == "root only\n"  # the same file, read as a user who may
+    finally:
+        shutil.rmtree(workdir)
