@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import metrics
 from ..clock import SYSTEM_CLOCK, Clock
@@ -208,20 +209,27 @@ class ToolService:
         self, call: ToolCall, reason: ModelReason, message: str, env: Environment
     ) -> CallResult:
         self.store.rollouts.ensure(call.rollout_id, env.name, call.item)
+        result = self._unrun_result(call, Outcome.MODEL_ERROR, reason, message)
+        self.store.calls.record(call.rollout_id, result)
+        return result
+
+    def _unrun_result(
+        self, call: ToolCall, outcome: Outcome, reason: str, output: str, extra: dict[str, Any] | None = None
+    ) -> CallResult:
+        """How a call that never reached its sandbox ended, as the trajectory keeps it."""
         now = self.clock.time()
-        result = CallResult(
+        return CallResult(
             call_id=call.call_id,
             item_id=call.item_id,
             tool=call.tool,
             arguments=call.raw_arguments,
-            outcome=Outcome.MODEL_ERROR,
+            outcome=outcome,
             reason=reason,
-            output=message,
+            output=output,
             started_at=now,
             finished_at=now,
+            extra=extra or {},
         )
-        self.store.calls.record(call.rollout_id, result)
-        return result
 
     def _record_infra(self, call: ToolCall, exc: InfraError, *, had_sandbox: bool) -> None:
         """Put the failure in the trajectory and, if the agent had a sandbox, taint the rollout.
@@ -229,19 +237,7 @@ class ToolService:
         A failure before the rollout ever had a sandbox taints nothing: the platform's
         retry may provision again. Nor does a call that never started (queue_timeout).
         """
-        now = self.clock.time()
-        result = CallResult(
-            call_id=call.call_id,
-            item_id=call.item_id,
-            tool=call.tool,
-            arguments=call.raw_arguments,
-            outcome=Outcome.INFRA_ERROR,
-            reason=exc.reason.value,
-            output="",
-            started_at=now,
-            finished_at=now,
-            extra={"message": exc.message},
-        )
+        result = self._unrun_result(call, Outcome.INFRA_ERROR, exc.reason.value, "", {"message": exc.message})
         try:
             if isinstance(exc, SandboxLost):
                 mark_lost(self.store, call.rollout_id, exc.message)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,28 +30,9 @@ from sandbox.domain.errors import (
 from sandbox.domain.rollout import RolloutRecord, container_name
 from tests.fakes.backend import InMemoryBackend
 from tests.fakes.clock import FakeClock
-from tests.fakes.host import FakeHost, World, build_world, drop_world
-from tests.stack import RedisServer, wait_until
-
-MakeWorld = Callable[..., World]
-
-
-@pytest.fixture()
-def make_world(redis_server: RedisServer) -> Iterator[MakeWorld]:
-    worlds: list[World] = []
-
-    def make(**overrides: Any) -> World:
-        worlds.append(build_world(redis_server.url, **overrides))
-        return worlds[-1]
-
-    yield make
-    for w in worlds:
-        drop_world(w)
-
-
-@pytest.fixture()
-def world(make_world: MakeWorld) -> World:
-    return make_world()
+from tests.fakes.host import FakeHost, World
+from tests.stack import wait_until
+from tests.unit.conftest import MakeWorld
 
 
 def call(w: World, rid: str, command: str = "echo hi", call_id: str | None = None, **fields: Any) -> ToolCall:

@@ -5,12 +5,10 @@ would answer 500 or look like infra (503). Over HTTP: tests/integration/test_hos
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from pydantic import ValidationError
 
 from sandbox.api.grading_service import _float_or
@@ -293,15 +291,6 @@ def test_deleting_an_environment_refuses_it_afterwards_and_default_comes_back(wo
     assert (builtin.registered_at, builtin.spec.max_tool_calls) == (0.0, None)
     with pytest.raises(UnknownEnvironment, match="built-in default already"):
         world.registry.delete("default")
-
-
-@pytest.fixture()
-def store(redis_server: RedisServer) -> Iterator[Store]:
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    prefix = f"unit-{uuid.uuid4().hex[:8]}"
-    yield Store(client, prefix, retention_s=60)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
 
 
 def test_a_file_list_shared_with_another_environment_outlives_the_delete(store: Store) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,28 +35,9 @@ from sandbox.domain.outcomes import Outcome
 from sandbox.domain.rollout import container_name
 from sandbox.endings import taint
 from tests.fakes.clock import FakeClock
-from tests.fakes.host import World, build_world, drop_world
-from tests.stack import RedisServer, wait_until
-
-MakeWorld = Callable[..., World]
-
-
-@pytest.fixture()
-def make_world(redis_server: RedisServer) -> Iterator[MakeWorld]:
-    worlds: list[World] = []
-
-    def make(**overrides: Any) -> World:
-        worlds.append(build_world(redis_server.url, **overrides))
-        return worlds[-1]
-
-    yield make
-    for w in worlds:
-        drop_world(w)
-
-
-@pytest.fixture()
-def world(make_world: MakeWorld) -> World:
-    return make_world()
+from tests.fakes.host import World
+from tests.stack import wait_until
+from tests.unit.conftest import MakeWorld
 
 
 def run(w: World, rid: str, command: str, item: dict[str, Any] | None = None) -> tuple[str, str, str]:

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-
-import pytest
-import redis
 
 from sandbox.domain.calls import CallResult, ShellArgs
 from sandbox.domain.messages import CallRequest
 from sandbox.store import Store
-from tests.stack import RedisServer
 
 
 def call(call_id: object) -> CallRequest:
     """A queued call, told apart by its call id."""
     return CallRequest("reply", "r", str(call_id), None, "shell", ShellArgs("true", 5.0), None, 1024)
-
-
-@pytest.fixture()
-def store(redis_server: RedisServer) -> Iterator[Store]:
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    prefix = f"unit-{uuid.uuid4().hex[:8]}"
-    yield Store(client, prefix, retention_s=60)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
 
 
 def test_exactly_one_of_many_racing_callers_wins_the_provisioning_claim(store: Store) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,27 +19,8 @@ from sandbox.domain.outcomes import InfraReason, ModelReason, Outcome
 from sandbox.domain.rollout import EXPIRED, FAILED, LOST, PROVISIONING, READY, RELEASED, RolloutRecord, container_name
 from sandbox.worker.call_queue import run_call
 from tests.fakes.clock import FakeClock
-from tests.fakes.host import World, build_world, drop_world
-
-MakeWorld = Callable[..., World]
-
-
-@pytest.fixture
-def make_world(redis_server: Any) -> Iterator[MakeWorld]:
-    worlds: list[World] = []
-
-    def make(**kwargs: Any) -> World:
-        worlds.append(build_world(redis_server.url, **kwargs))
-        return worlds[-1]
-
-    yield make
-    for w in worlds:
-        drop_world(w)
-
-
-@pytest.fixture
-def world(make_world: MakeWorld) -> World:
-    return make_world()
+from tests.fakes.host import World
+from tests.unit.conftest import MakeWorld
 
 
 @pytest.fixture
