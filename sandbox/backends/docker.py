@@ -32,6 +32,9 @@ SOCKET_NAME = "guest.sock"
 # What the guest needs to run commands as the sandbox user and kill their process
 # groups; everything else is dropped.
 GUEST_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
+# A paused container is alive: a fork pauses its parent while the layer is copied, and the
+# reconciler must not take that moment for a stopped container (it would end the rollout lost).
+ALIVE_STATES = ("running", "paused")
 # Slack over a command's own deadline before the guest is deemed hung.
 REPLY_SLACK_S = 15.0
 
@@ -164,7 +167,7 @@ class DockerBackend:
                 name=c["Names"][0].lstrip("/"),
                 container_id=c["Id"],
                 rollout_id=c.get("Labels", {}).get(LABEL_ROLLOUT, ""),
-                running=c.get("State") == "running",
+                running=c.get("State") in ALIVE_STATES,
                 created_at=float(c.get("Created", 0)),
                 labels=c.get("Labels", {}),
                 image_id=c.get("ImageID", ""),
@@ -259,7 +262,7 @@ class DockerBackend:
         container = self._get(name)
         if container is None:
             raise SandboxLost("the rollout's container no longer exists")
-        if container.status != "running":
+        if container.status not in ALIVE_STATES:
             state = container.attrs.get("State", {})
             raise SandboxLost(
                 f"the rollout's container is {container.status} "

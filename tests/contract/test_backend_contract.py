@@ -161,3 +161,20 @@ def test_a_snapshot_of_a_vanished_container_is_a_lost_sandbox(backend: Backend) 
     backend.destroy(name)
     with pytest.raises(SandboxLost):
         backend.snapshot(name, f"rollout-fork:contract-{uuid.uuid4().hex[:10]}", {})
+
+
+def test_a_paused_container_is_alive_for_listing_and_calls(backend: Backend) -> None:
+    """A fork pauses its parent: the reconciler must not take that for a stopped container."""
+    if isinstance(backend, InMemoryBackend):
+        pytest.skip("pausing is the engine's; the in-memory backend never pauses")
+    import docker
+
+    spec = started(backend)
+    engine = docker.DockerClient(base_url="unix:///var/run/docker.sock")
+    engine.api.pause(spec.name)
+    try:
+        (info,) = backend.list({LABEL_ROLLOUT: spec.labels[LABEL_ROLLOUT]})
+        assert info.running
+    finally:
+        engine.api.unpause(spec.name)
+    assert shell(backend, spec.name, "echo awake")["output"] == "awake\n"
