@@ -327,9 +327,18 @@ class Stack:
         return self.call("shell", rollout_id, args, **kw)
 
     def containers_of(self, rollout_id: str) -> list[Any]:
-        return self.docker.containers.list(
-            all=True, filters={"label": [f"sandbox.rollout_id={rollout_id}", f"{TEST_LABEL}={self.session}"]}
-        )
+        return self.containers({"label": [f"sandbox.rollout_id={rollout_id}", f"{TEST_LABEL}={self.session}"]})
+
+    def containers(self, filters: dict[str, Any]) -> list[Any]:
+        """The engine's containers matching `filters`, stopped ones included."""
+        for _ in range(5):
+            try:
+                return self.docker.containers.list(all=True, filters=filters)
+            except docker.errors.NotFound:
+                # The SDK lists, then inspects each container: one removed in between (the
+                # reaper's or a release's removal) is gone, which is what the caller waits for.
+                time.sleep(0.2)
+        return self.docker.containers.list(all=True, filters=filters)
 
     def metric(self, name: str, labels: dict[str, str], source: str = "api") -> float:
         url = (

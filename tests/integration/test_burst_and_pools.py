@@ -32,7 +32,7 @@ def test_warm_pool_serves_first_calls_and_refills(stack: Stack) -> None:
     # A claimed container is never reused: releasing the rollout removes it.
     released = stack.http.get(f"/v1/rollouts/{rids[0]}").json()["container_id"]
     stack.http.delete(f"/v1/rollouts/{rids[0]}")
-    wait_until(lambda: not stack.docker.containers.list(all=True, filters={"name": released}))
+    wait_until(lambda: not stack.containers({"name": released}))
     assert stack.put_environment(env, {"warm_pool_size": 0}).status_code == 200
     wait_until(lambda: pool_available(stack, env) == 0)
 

@@ -86,7 +86,7 @@ def test_reconciler_removes_orphans_and_marks_vanished_records_lost(stack: Stack
     # Stop (not remove) the container: the record still says ready until the reconciler looks.
     stack.containers_of(r1)[0].stop(timeout=0)
     wait_until(lambda: stack.http.get(f"/v1/rollouts/{r1}").json()["state"] == "lost", timeout_s=30)
-    wait_until(lambda: not stack.docker.containers.list(all=True, filters={"id": orphan.id}), timeout_s=40)
+    wait_until(lambda: not stack.containers({"id": orphan.id}), timeout_s=40)
     assert stack.metric("sandbox_reconciler_actions_total", {"action": "orphan_removed"}, source="worker") >= 1
 
 
