@@ -48,6 +48,9 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # subprocess's own cwd= would chdir while still root (before the uid switch), so the
 # command's directory is entered as the target user, falling back to home, then /.
 CD_THEN_RUN = 'cd -- "$1" 2>/dev/null || cd -- "$HOME" 2>/dev/null || cd /; exec bash -c "$2"'
+# What guest_bash_env.sh does, for when the user cannot read that file (its directory is not
+# world-searchable): the wrapper shell raises its own OOM score, and exec keeps it.
+OOM_FIRST = "{ echo 1000 >/proc/self/oom_score_adj; } 2>/dev/null; "
 SETPRIV_PATHS = ("/usr/bin/setpriv", "/bin/setpriv")
 OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 # Sourced by every command's bash before the command's own code (BASH_ENV): it raises the
@@ -165,19 +168,21 @@ def start_command(command: str, cwd: str, ident: Identity) -> subprocess.Popen[b
         "TERM": "dumb",
         "SHELL": "/bin/bash",
     }
-    if bash_env_usable():
+    bash_env = bash_env_usable()
+    if bash_env:
         env["BASH_ENV"] = BASH_ENV_FILE  # the file unsets it before the command runs
     # One bash started in the directory is enough when anyone may enter it (the usual
     # workspace): Popen enters it before dropping to the user, as a root that has no
     # DAC_OVERRIDE, so that only works for world-searchable paths. Otherwise a wrapper shell
-    # enters it as the user and execs a second bash (about 1 ms more per call).
-    if _world_searchable(cwd):
+    # enters it as the user and execs a second bash (about 1 ms more per call); it also
+    # raises the OOM score when BASH_ENV cannot.
+    if bash_env and _world_searchable(cwd):
         try:
             return spawn(["bash", "-c", command], ident, cwd=cwd, env=env, stderr=subprocess.STDOUT)
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.ENOENT, errno.ENOTDIR):
                 raise  # else: the directory changed meanwhile; enter it as the user
-    argv = ["bash", "-c", CD_THEN_RUN, "bash", cwd, command]
+    argv = ["bash", "-c", ("" if bash_env else OOM_FIRST) + CD_THEN_RUN, "bash", cwd, command]
     return spawn(argv, ident, cwd="/", env=env, stderr=subprocess.STDOUT)
 
 
