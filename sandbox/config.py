@@ -60,6 +60,11 @@ class TimeoutSettings(BaseModel):
     fork_s: float = Field(
         300.0, gt=0, description="A fork waits this long for its children to be ready before failing (503)."
     )
+    grading_queue_s: float = Field(
+        900.0,
+        gt=0,
+        description="A grading test run waits this long for its host (bursts of gradings queue, they do not fail).",
+    )
 
 
 class HostSettings(BaseModel):

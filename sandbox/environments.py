@@ -47,6 +47,10 @@ class EnvironmentRegistry:
             source_path = str(resolved)
             source_digest = workspaces.fingerprint(ws.type, resolved, commit)
             files = workspaces.list_files(ws.type, resolved, commit)
+        if spec.tests is not None and spec.tests.dir is not None:  # read at grade time: checked now
+            hidden = workspaces.confine(spec.tests.dir, self.settings.workspace_root_list)
+            if not hidden.is_dir():
+                raise WorkspaceInvalid(f"tests.dir {spec.tests.dir} is not a directory")
         env = Environment(
             name=name,
             spec=spec,

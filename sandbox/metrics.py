@@ -34,8 +34,11 @@ PROVISION_RESULTS = ("ok", "failed")
 END_HOWS = ("graded", "released", "expired", "lost")
 RECONCILER_KINDS = ("orphan_removed", "record_lost", "fork_image_removed")
 FORK_RESULTS = ("ok", "failed", "refused")
-GRADERS = ("file_f1", "numeric", "custom")
-GRADE_RESULTS = ("scored", "discarded_infra", "invalid")
+# "multi": a list of graders (each also counted under its own name); "tests": hidden tests run.
+GRADERS = ("file_f1", "numeric", "custom", "tests", "multi")
+# infra_error: an infrastructure failure while grading (the rollout is tainted, answered 5xx);
+# replayed: a rollout graded again got its stored answer (tests do not run twice).
+GRADE_RESULTS = ("scored", "discarded_infra", "invalid", "infra_error", "replayed")
 ZERO_CAUSES = ("model", "infra")
 INFRA_REASONS = tuple(r.value for r in InfraReason)
 
@@ -94,6 +97,11 @@ REWARD = Histogram(
 # cause: model (scored 0) | infra (refused: a tainted rollout that would have been a false 0)
 ZERO_REWARDS = Counter(
     "sandbox_zero_rewards_total", "Rollouts that got (or would have got) reward 0, by cause.", ["cause"]
+)
+TEST_RUN_DURATION = Histogram(
+    "sandbox_test_run_duration_seconds",
+    "Grading test runs in the rollout's sandbox, from queueing to the guest's answer.",
+    buckets=LATENCY_BUCKETS,
 )
 GRADED_TOOL_CALLS = Histogram(
     "sandbox_graded_rollout_tool_calls", "Tool calls of each graded rollout.", ["grader"], buckets=CALL_COUNT_BUCKETS

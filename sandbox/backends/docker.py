@@ -30,8 +30,11 @@ GUEST_MOUNT = "/opt/sandbox-guest"
 SOCKET_MOUNT = "/run/sandbox-guest"
 SOCKET_NAME = "guest.sock"
 # What the guest needs to run commands as the sandbox user and kill their process
-# groups; everything else is dropped.
-GUEST_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
+# groups, and, for grading, to restore and write files whatever owner and mode the agent
+# left on them (CHOWN, DAC_OVERRIDE, FOWNER); everything else is dropped. The sandbox
+# user's processes hold none of them: a switch away from uid 0 clears them, and
+# no-new-privileges keeps a setuid file from giving them back.
+GUEST_CAPABILITIES = ["SETUID", "SETGID", "KILL", "CHOWN", "DAC_OVERRIDE", "FOWNER"]
 # A paused container is alive: a fork pauses its parent while the layer is copied, and the
 # reconciler must not take that moment for a stopped container (it would end the rollout lost).
 ALIVE_STATES = ("running", "paused")

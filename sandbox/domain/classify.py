@@ -46,6 +46,20 @@ def shell_outcome(reply: Mapping[str, Any], *, timeout_s: float, memory_bytes: i
     return Outcome.OK, OK_REASON, output
 
 
+def tests_outcome(reply: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(outcome, reason, output) of a grading test run. What the tests found is scored by the
+    grader (grading/tests.py); here only whether they ran. A stage that could not be set (the
+    sandbox's own state, e.g. its disk full) and a full process table are the model's; any
+    other guest error is ours."""
+    if "error" in reply:
+        if reply.get("setup_failed"):
+            return Outcome.MODEL_ERROR, ModelReason.TESTS_SETUP_FAILED, str(reply["error"])
+        if reply.get("pids_exhausted"):
+            return Outcome.MODEL_ERROR, ModelReason.PIDS_EXHAUSTED, f"[could not start the tests: {PIDS_FULL}]"
+        raise InternalError(f"guest could not run the tests: {reply['error']}")
+    return Outcome.OK, OK_REASON, str(reply.get("output", ""))
+
+
 # pids_exhausted: the guest could not start a process or thread (EAGAIN). Only the model's
 # processes can fill the container's process table: nothing else runs there.
 PIDS_FULL = "the sandbox's process limit is used up by its running processes"

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .calls import json_problem
 from .errors import BadRequest
+from .tests import TestsSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT = "default"  # the environment that exists unregistered: the service's sandbox image
@@ -51,6 +52,7 @@ class EnvironmentSpec(BaseModel):
     output_cap_bytes: int | None = Field(None, ge=256, le=1024 * 1024)
     max_tool_calls: int | None = Field(None, ge=1)
     warm_pool_size: int = Field(0, ge=0, le=5000, description="pre-started containers kept ready on each host")
+    tests: TestsSpec | None = Field(None, description="defaults for the tests grader (PROTOCOL.md), e.g. dir + command")
 
     @model_validator(mode="after")
     def _storable(self) -> EnvironmentSpec:
@@ -86,6 +88,7 @@ def check_name(name: str) -> str:
 def digest_of(spec: EnvironmentSpec, source_path: str | None, commit: str | None, source_digest: str | None) -> str:
     """Address of what the derived image contains; limits and budgets are not part of it."""
     identity = {
+        "layout": 2,  # 2: the image holds a root-only copy of the base state for grading
         "workspace": spec.workspace.type if spec.workspace else None,
         "path": source_path,
         "commit": commit,

@@ -18,6 +18,9 @@ from typing import Any
 from .calls import CallResult, ReadFileArgs, ShellArgs
 from .errors import InfraError, infra_error_from_reason
 from .outcomes import InfraReason
+from .tests import TestRunArgs
+
+TESTS_TOOL = "tests"  # a grading test run travels as a call of this pseudo-tool (never an agent's)
 
 # A read_file has no deadline of its own from the model; it gets this one.
 READ_FILE_DEADLINE_S = 30.0
@@ -32,7 +35,7 @@ class CallRequest:
     call_id: str
     item_id: Any  # the payload's opaque `id`, echoed back in the result
     tool: str
-    args: ShellArgs | ReadFileArgs
+    args: ShellArgs | ReadFileArgs | TestRunArgs
     raw_arguments: Any  # as the model wrote them, for the trajectory
     output_cap: int
     queued_at: float = 0.0
@@ -41,7 +44,7 @@ class CallRequest:
     @property
     def run_deadline_s(self) -> float:
         """How long the command may run once started."""
-        return self.args.timeout_s if isinstance(self.args, ShellArgs) else READ_FILE_DEADLINE_S
+        return self.args.timeout_s if isinstance(self.args, ShellArgs | TestRunArgs) else READ_FILE_DEADLINE_S
 
     def queued(self, now: float, expires_s: float) -> CallRequest:
         """This request stamped with when it was queued and when it expires."""
@@ -50,6 +53,8 @@ class CallRequest:
     def to_wire(self) -> dict[str, Any]:
         if isinstance(self.args, ShellArgs):
             arguments: dict[str, Any] = {"command": self.args.command, "timeout_s": self.args.timeout_s}
+        elif isinstance(self.args, TestRunArgs):
+            arguments = self.args.to_wire()
         else:
             arguments = {"path": self.args.path, "start_line": self.args.start_line, "end_line": self.args.end_line}
         return {
@@ -68,8 +73,10 @@ class CallRequest:
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> CallRequest:
         a = data["arguments"]
-        args: ShellArgs | ReadFileArgs
-        if data["tool"] == "shell":
+        args: ShellArgs | ReadFileArgs | TestRunArgs
+        if data["tool"] == TESTS_TOOL:
+            args = TestRunArgs.from_wire(a)
+        elif data["tool"] == "shell":
             args = ShellArgs(command=a["command"], timeout_s=float(a["timeout_s"]))
         else:
             args = ReadFileArgs(path=a["path"], start_line=a.get("start_line"), end_line=a.get("end_line"))

@@ -32,6 +32,7 @@ class ModelReason(StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     OOM_KILLED = "oom_killed"
     PIDS_EXHAUSTED = "pids_exhausted"
+    TESTS_SETUP_FAILED = "tests_setup_failed"  # grading: the hidden tests could not be put in (e.g. disk full)
 
 
 class InfraReason(StrEnum):

@@ -31,14 +31,17 @@ if TYPE_CHECKING or __package__:
         MAX_REQUEST,
         OP_PING,
         OP_READ_FILE,
+        OP_RUN_TESTS,
         OP_SHELL,
         VERSION,
         ErrorReply,
         ReadFileRequest,
         Reply,
+        RunTestsRequest,
         ShellRequest,
     )
     from .guest_shell import resolve_identity, run_shell, warm_up
+    from .guest_tests import run_tests
 else:
     # Run as a script, Python has put this directory first on sys.path already; loaded
     # from its file otherwise (the unit tests), the directory may be missing there.
@@ -53,14 +56,17 @@ else:
         MAX_REQUEST,
         OP_PING,
         OP_READ_FILE,
+        OP_RUN_TESTS,
         OP_SHELL,
         VERSION,
         ErrorReply,
         ReadFileRequest,
         Reply,
+        RunTestsRequest,
         ShellRequest,
     )
     from guest_shell import resolve_identity, run_shell, warm_up
+    from guest_tests import run_tests
 
 
 def handle(req: Any, workdir: str, user: str | None) -> Reply:
@@ -71,7 +77,7 @@ def handle(req: Any, workdir: str, user: str | None) -> Reply:
         op = req.get("op")
         if op == OP_PING:
             return {"ok": True, "version": VERSION, "pid": os.getpid()}
-        if op not in (OP_SHELL, OP_READ_FILE):
+        if op not in (OP_SHELL, OP_READ_FILE, OP_RUN_TESTS):
             raise BadRequest(f"unknown op: {op}")
         try:
             ident = resolve_identity(user)
@@ -79,6 +85,8 @@ def handle(req: Any, workdir: str, user: str | None) -> Reply:
             return {"error": f"no such user: {user}"}
         if op == OP_SHELL:
             return run_shell(cast(ShellRequest, req), workdir, ident)
+        if op == OP_RUN_TESTS:
+            return run_tests(cast(RunTestsRequest, req), workdir, ident)
         return read_file(cast(ReadFileRequest, req), workdir, ident)
     except BadRequest as exc:
         return {"error": str(exc)}

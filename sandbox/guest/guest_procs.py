@@ -82,10 +82,11 @@ def spawn(
     cwd: str,
     env: Mapping[str, str],
     stderr: int | IO[Any],
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start argv as the user, leader of a new process group, on record; retry EAGAIN for ~1 s.
 
-    Release it with `forget` once waited for.
+    Release it with `forget` once waited for. pass_fds: descriptors the child inherits.
     """
     switch: dict[str, Any] = (
         {}
@@ -104,6 +105,7 @@ def spawn(
                     stdout=subprocess.PIPE,
                     stderr=stderr,
                     process_group=0,
+                    pass_fds=pass_fds,
                     **switch,
                 )
                 _running.add(proc.pid)
@@ -144,9 +146,12 @@ def kill_group(pgid: int) -> None:
         time.sleep(0.005)
 
 
-def sweep(ident: Identity) -> None:
+def sweep(ident: Identity, *, spare_running: bool = True) -> None:
     """Kill, until none is left (for at most KILL_BOUND), every process of the sandbox user
-    that no running child accounts for; reap adopted orphans. See the module docstring."""
+    that no running child accounts for; reap adopted orphans. See the module docstring.
+
+    spare_running=False kills the user's running calls too: grading takes the sandbox over
+    from the agent (guest_tests.py), and nothing of the agent's may run while it does."""
     uid = ident.stray_uid
     if uid is None and not _subreaper:
         return  # neither a uid nor a tree to go by (the guest imported in-process)
@@ -155,7 +160,7 @@ def sweep(ident: Identity) -> None:
     while True:
         with _lock:
             procs = scan()
-            strays = _strays(procs, me, uid)
+            strays = _strays(procs, me, uid, spare_running)
             _kill(strays, procs)
             if _subreaper:
                 for pid, p in procs.items():
@@ -202,8 +207,8 @@ def real_uid(pid: int) -> int | None:
     return None
 
 
-def _strays(procs: Mapping[int, Proc], me: int, uid: int | None) -> list[int]:
-    spared = _accounted_for(procs)
+def _strays(procs: Mapping[int, Proc], me: int, uid: int | None, spare_running: bool = True) -> list[int]:
+    spared = _accounted_for(procs) if spare_running else set()
     found = []
     for pid, p in procs.items():
         if pid == me or p.zombie or pid in spared:

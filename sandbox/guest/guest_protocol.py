@@ -112,6 +112,39 @@ read_file -> ReadFileReply | ErrorReply
       message          string: why, for every status but ok, for people; with ok, "" or
                        "only the first 64 MiB were read"
 
+run_tests -> RunTestsReply | ErrorReply  (grading; guest_tests.py has the steps and why)
+    command      string, required, non-empty, no NUL: the test command, run as `bash -c`
+                 in the workdir as --user.
+    timeout      number > 0, seconds; default 300.
+    output_cap   as for shell (the output's head + tail).
+    restore      list of workdir-relative paths put back to the base state (a root-only
+                 copy of the workspace at /opt/sandbox-base/workdir; absent: an empty base)
+                 before anything else. Every conftest.py, pytest.ini, .pytest.ini, tox.ini,
+                 setup.cfg, pyproject.toml, sitecustomize.py and usercustomize.py in the
+                 tree, and the top-level pytest.py, pytest/, _pytest/, pluggy(.py),
+                 py.py and iniconfig, are restored the same way in any case.
+    files        object: path -> base64 content; the hidden files, written after the
+                 restore, root-owned, mode 0644. A relative path is in the workdir; an
+                 absolute one must lie under /tests/ (which is emptied first).
+    reward_file  string | null: an absolute path whose directory is emptied (made anew,
+                 owned by --user) before the run and read after it.
+    Every process of --user is killed before the steps above and again after the command.
+    The command's environment is shell's plus HOME (a fresh empty directory),
+    PYTHONNOUSERSITE=1, PYTHONDONTWRITEBYTECODE=1, PYTHONPATH (the guest's pytest plugin),
+    PYTEST_ADDOPTS (loads that plugin, asks for JUnit XML), SANDBOX_TEST_RESULTS (a fresh
+    directory, owned by --user, where any runner may write JUnit XML files) and
+    SANDBOX_REPORTS_FD (the write end of a pipe the guest reads: the plugin's channel).
+    reply: every field of ShellReply, and
+      reports          string: the plugin's JSON lines (pytest_plugin/sandbox_results.py),
+                       as read from the pipe, first 2 MiB; "" when no pytest ran
+      junit            list of strings: the *.xml files left in SANDBOX_TEST_RESULTS
+                       (2 MiB in all)
+      reward           string | null: the reward file's first 4 KiB, null when missing or
+                       not a regular file (a symlink is not followed)
+      setup_ms         float: the time the steps before the command took
+    A failure to set the stage (e.g. no space left: the sandbox's own state) is
+    {"error": "could not set up the tests: ...", "setup_failed": true}.
+
 Errors
 ------
 Instead of its reply, any request can get ErrorReply {"error": "<message>"}: a request
@@ -178,6 +211,7 @@ VERSION: Final = 1
 OP_PING: Final = "ping"
 OP_SHELL: Final = "shell"
 OP_READ_FILE: Final = "read_file"
+OP_RUN_TESTS: Final = "run_tests"
 
 MAX_REQUEST: Final = 4 * 1024 * 1024  # bytes of one request line, its newline included
 DEFAULT_TIMEOUT: Final = 60.0  # shell: seconds
@@ -246,14 +280,32 @@ class ReadFileReply(TypedDict):
     message: str
 
 
+class RunTestsRequest(TypedDict, total=False):
+    op: Required[Literal["run_tests"]]
+    command: Required[str]
+    timeout: float | None  # seconds, > 0; default 300
+    output_cap: int | None  # as ShellRequest's
+    restore: list[str] | None  # workdir-relative paths put back to the base state
+    files: dict[str, str] | None  # path -> base64 content, the hidden files
+    reward_file: str | None  # absolute path, read after the run
+
+
+class RunTestsReply(ShellReply):
+    reports: str  # the pytest plugin's JSON lines
+    junit: list[str]  # JUnit XML files the runner wrote
+    reward: str | None  # the reward file's text
+    setup_ms: float
+
+
 class ErrorReply(TypedDict, total=False):
     error: Required[str]
     retryable: bool  # only when a command or reader could not be started, and NO_THREAD
     pids_exhausted: bool  # likewise
+    setup_failed: bool  # run_tests: the stage could not be set (the sandbox's own state)
 
 
-Request = PingRequest | ShellRequest | ReadFileRequest
-Reply = PingReply | ShellReply | ReadFileReply | ErrorReply
+Request = PingRequest | ShellRequest | ReadFileRequest | RunTestsRequest
+Reply = PingReply | ShellReply | ReadFileReply | RunTestsReply | ErrorReply
 
 PING: Final[PingRequest] = {"op": OP_PING}
 
@@ -266,3 +318,23 @@ def shell_request(command: str, timeout: float, output_cap: int, cwd: str | None
 def read_file_request(path: str, start_line: int | None, end_line: int | None, output_cap: int) -> ReadFileRequest:
     """A read_file request; None for a line means from the first line or to the last."""
     return {"op": OP_READ_FILE, "path": path, "start_line": start_line, "end_line": end_line, "output_cap": output_cap}
+
+
+def run_tests_request(
+    command: str,
+    timeout: float,
+    output_cap: int,
+    restore: list[str],
+    files: dict[str, str],
+    reward_file: str | None,
+) -> RunTestsRequest:
+    """A run_tests request; files maps paths to base64 content."""
+    return {
+        "op": OP_RUN_TESTS,
+        "command": command,
+        "timeout": timeout,
+        "output_cap": output_cap,
+        "restore": restore,
+        "files": files,
+        "reward_file": reward_file,
+    }

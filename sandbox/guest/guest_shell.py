@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING or __package__:  # imported as part of sandbox.guest (and by mypy)
@@ -157,8 +158,16 @@ def read_oom_count() -> int | None:
     return None
 
 
-def start_command(command: str, cwd: str, ident: Identity) -> subprocess.Popen[bytes]:
-    """Start bash in its own group, on record (guest_procs.py); retry EAGAIN (pids limit) for ~1 s."""
+def start_command(
+    command: str,
+    cwd: str,
+    ident: Identity,
+    extra_env: Mapping[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """Start bash in its own group, on record (guest_procs.py); retry EAGAIN (pids limit) for ~1 s.
+
+    extra_env is added to (or replaces) the fixed environment below: the test runner's settings."""
     env = {
         "PATH": PATH,
         "HOME": ident.home,
@@ -167,6 +176,7 @@ def start_command(command: str, cwd: str, ident: Identity) -> subprocess.Popen[b
         "LANG": "C.UTF-8",
         "TERM": "dumb",
         "SHELL": "/bin/bash",
+        **(extra_env or {}),
     }
     bash_env = bash_env_usable()
     if bash_env:
@@ -178,12 +188,12 @@ def start_command(command: str, cwd: str, ident: Identity) -> subprocess.Popen[b
     # raises the OOM score when BASH_ENV cannot.
     if bash_env and _world_searchable(cwd):
         try:
-            return spawn(["bash", "-c", command], ident, cwd=cwd, env=env, stderr=subprocess.STDOUT)
+            return spawn(["bash", "-c", command], ident, cwd=cwd, env=env, stderr=subprocess.STDOUT, pass_fds=pass_fds)
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.ENOENT, errno.ENOTDIR):
                 raise  # else: the directory changed meanwhile; enter it as the user
     argv = ["bash", "-c", ("" if bash_env else OOM_FIRST) + CD_THEN_RUN, "bash", cwd, command]
-    return spawn(argv, ident, cwd="/", env=env, stderr=subprocess.STDOUT)
+    return spawn(argv, ident, cwd="/", env=env, stderr=subprocess.STDOUT, pass_fds=pass_fds)
 
 
 @functools.lru_cache(maxsize=1)
@@ -261,9 +271,15 @@ def drain(fd: int, buf: HeadTailBuffer) -> None:
         buf.write(data)
 
 
-def run_shell(req: ShellRequest, workdir: str, ident: Identity) -> ShellReply | ErrorReply:
+def run_shell(
+    req: ShellRequest,
+    workdir: str,
+    ident: Identity,
+    extra_env: Mapping[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> ShellReply | ErrorReply:
     """Run one command in its own process group; leave nothing of the user's behind but what
-    other running calls own."""
+    other running calls own. extra_env, pass_fds: see start_command and spawn."""
     command = req.get("command")
     if not isinstance(command, str):
         raise BadRequest("shell needs a string 'command'")
@@ -279,7 +295,7 @@ def run_shell(req: ShellRequest, workdir: str, ident: Identity) -> ShellReply | 
     oom_before = read_oom_count()
     started = time.monotonic()
     try:
-        proc = start_command(command, os.path.join(workdir, cwd), ident)  # relative: to workdir
+        proc = start_command(command, os.path.join(workdir, cwd), ident, extra_env, pass_fds)  # relative: to workdir
     except OSError as exc:
         # EAGAIN from fork means the container's pids limit is used up, by the model's
         # own processes (nothing else runs there): the host side treats it as theirs.

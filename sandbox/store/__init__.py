@@ -10,6 +10,7 @@ is built there) and `scripts.py` holds every Lua script:
   store.pools         warm pools and their refills (pools.py)
   store.hosts         host registrations (hosts.py)
   store.environments  environment definitions and preparation state (environments.py)
+  store.grades        answers of gradings that ran tests, and their run-once claims (grades.py)
 
 Every method raises StoreUnavailable when Redis does not answer.
 """
@@ -24,6 +25,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from .calls import CallStore
 from .connection import Connection, connect, translate_errors
 from .environments import EnvironmentStore
+from .grades import GradeStore
 from .hosts import HostStore
 from .keys import Keys
 from .pools import PoolStore
@@ -49,6 +51,7 @@ class Store:
         self.pools = PoolStore(self.connection)
         self.hosts = HostStore(self.connection)
         self.environments = EnvironmentStore(self.connection)
+        self.grades = GradeStore(self.connection)
 
     @classmethod
     def from_url(

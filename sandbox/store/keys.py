@@ -11,6 +11,8 @@ Rollouts (sandbox/store/rollouts.py, calls.py):
   P:ro:{rid}:children        list    rollouts forked from this one, in order
   P:ro:{rid}:running         zset    token -> expiry, the rollout's calls running on its host now
   P:ro:{rid}:slotfree        list    wake-ups for calls waiting for one of those slots
+  P:ro:{rid}:grade           string  JSON grade response of a grading that ran tests (grades.py)
+  P:ro:{rid}:grading         string  a grading that runs tests is under way (its token; expires)
   P:live                     zset    rid -> last used time, rollouts that hold or await a container
   P:created                  zset    rid -> creation time, same members, for the max lifetime
   P:forking:{fork_id}        string  a fork is under way (its image is not yet used by a child)
@@ -69,6 +71,12 @@ class Keys:
 
     def slot_free(self, rid: str) -> str:
         return f"{self.p}:ro:{rid}:slotfree"
+
+    def grade(self, rid: str) -> str:
+        return f"{self.p}:ro:{rid}:grade"
+
+    def grading(self, rid: str) -> str:
+        return f"{self.p}:ro:{rid}:grading"
 
     @property
     def live(self) -> str:

@@ -14,18 +14,20 @@ from ..backends.base import Backend
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import Settings
 from ..domain.calls import CallResult, ReadFileArgs
-from ..domain.classify import cap_text, read_file_outcome, shell_outcome
+from ..domain.classify import cap_text, read_file_outcome, shell_outcome, tests_outcome
 from ..domain.errors import EngineUnavailable, InfraError, InternalError, ProvisionFailed, SandboxLost
 from ..domain.hosts import FailureWindow
 from ..domain.messages import CallReply, CallRequest
 from ..domain.outcomes import InfraReason
 from ..domain.rollout import FAILED, PROVISIONING, READY, RolloutRecord
+from ..domain.tests import TestRunArgs
 from ..endings import mark_lost
-from ..guest.guest_protocol import read_file_request, shell_request
+from ..guest.guest_protocol import read_file_request, run_tests_request, shell_request
 from ..store import Store
 
 # Slack over the output cap for the final cut: the guest's own omission marker fits in it.
 CAP_SLACK_BYTES = 256
+TEST_SETUP_SLACK_S = 30.0  # restoring files and writing the hidden ones, before the test command's deadline
 
 
 @dataclass
@@ -40,6 +42,13 @@ class Executor:
         """Run one dispatched call; return the reply the API waits for."""
         rid = request.rollout_id
         try:
+            if isinstance(request.args, TestRunArgs):  # grading: neither an agent call nor recorded as one
+                _, rec = self.store.calls.begin_execution(request.reply_id, rid, request.call_id)
+                self._check_servable(rec)
+                assert rec is not None
+                result = self._run_tests(request, request.args, rec)
+                self._engine_result(ok=True)
+                return CallReply.of(result)
             stored, rec = self.store.calls.begin_execution(request.reply_id, rid, request.call_id)
             if stored is not None:  # a redelivered call: the command already ran
                 return CallReply.of(stored)
@@ -62,7 +71,7 @@ class Executor:
         if self.failures is not None:
             self.failures.record(ok)
 
-    def _run(self, request: CallRequest, rec: RolloutRecord | None) -> CallResult:
+    def _check_servable(self, rec: RolloutRecord | None) -> None:
         if rec is not None and rec.state in (FAILED, PROVISIONING):
             # Its sandbox died before serving anything and is being (or may be) provisioned
             # again: retryable, and nothing the agent saw is lost.
@@ -72,7 +81,12 @@ class Executor:
             raise SandboxLost(f"the rollout's sandbox is not available (state {state})")
         if rec.host != self.settings.host_id:
             raise InternalError(f"call for host {rec.host!r} reached host {self.settings.host_id!r}")
+
+    def _run(self, request: CallRequest, rec: RolloutRecord | None) -> CallResult:
+        self._check_servable(rec)
+        assert rec is not None
         args = request.args
+        assert not isinstance(args, TestRunArgs)
         cap = request.output_cap or self.settings.output.cap_bytes
         started = self.clock.time()
         reply: dict[str, Any]
@@ -106,4 +120,32 @@ class Executor:
             truncated_bytes=int(reply.get("truncated_bytes", 0)) + extra_cut,
             started_at=started,
             finished_at=finished,
+        )
+
+    def _run_tests(self, request: CallRequest, args: TestRunArgs, rec: RolloutRecord) -> CallResult:
+        """Run the hidden tests in the rollout's container; the API scores what they reported."""
+        payload = run_tests_request(
+            args.command, args.timeout_s, request.output_cap, list(args.restore), args.files, args.reward_file
+        )
+        started = self.clock.time()
+        # Setting the stage (restore, hidden files) comes on top of the command's own deadline.
+        reply = self.backend.request(rec.container_name, payload, args.timeout_s + TEST_SETUP_SLACK_S)
+        outcome, reason, output = tests_outcome(reply)
+        finished = self.clock.time()
+        run = {k: v for k, v in reply.items() if k != "output"}
+        return CallResult(
+            call_id=request.call_id,
+            item_id=None,
+            tool=request.tool,
+            arguments=None,
+            outcome=outcome,
+            reason=reason,
+            output=output,
+            exit_code=reply.get("exit_code"),
+            duration_ms=round((finished - started) * 1000, 3),
+            output_bytes=int(reply.get("output_bytes", 0)),
+            truncated_bytes=int(reply.get("truncated_bytes", 0)),
+            started_at=started,
+            finished_at=finished,
+            extra={"run": run},
         )

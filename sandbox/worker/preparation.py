@@ -27,6 +27,7 @@ from ..environments import EnvironmentRegistry
 
 log = logging.getLogger(__name__)
 IMAGE_REPOSITORY = "rollout-env"
+BASE_COPY = "/opt/sandbox-base/workdir"  # the guest's guest_tests.BASE_DIR
 
 
 @dataclass
@@ -91,9 +92,16 @@ class Preparer:
         try:
             source = workspaces.confine(env.source_path, s.workspace_root_list)  # re-checked where it is read
             workspaces.materialise(ws.type, source, context / "workspace", env.commit_sha)
+            # The base state again, root's only (0700): what grading restores the agent's edits
+            # of tests and test configuration from (guest_tests.py). COPY copies a directory's
+            # contents, so the 0700 directory travels inside opt/.
+            base_copy = context / "opt" / BASE_COPY.strip("/").removeprefix("opt/")
+            shutil.copytree(context / "workspace", base_copy, symlinks=True)
+            (context / "opt" / "sandbox-base").chmod(0o700)
             (context / "Dockerfile").write_text(
                 f"FROM {base}\n"
                 f"COPY --chown={s.sandbox_user}:{s.sandbox_user} workspace/ {env.spec.workdir}/\n"
+                "COPY --chown=0:0 opt/ /opt/\n"
                 f"WORKDIR {env.spec.workdir}\n"
             )
             labels = {"sandbox.environment": env.name, "sandbox.definition_digest": env.definition_digest}

@@ -268,7 +268,36 @@ SAMPLES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (GradeResponse, NUMERIC),
     (GradeResponse, {**NUMERIC, "parsed": None, "relative_error": None, "reason": "no number in the answer"}),
     (GradeResponse, CUSTOM),
-    (GradeResponse, {**CUSTOM, "tests": {"passed": ["t::a"], "failed": []}}),  # a grader's field we do not know
+    (GradeResponse, {**CUSTOM, "rubric": {"style": 0.5, "notes": []}}),  # a grader's field we do not know
+    (
+        GradeResponse,
+        {
+            "score": 1.0,
+            "grader": "tests",
+            "raw_score": 1.0,
+            "tool_calls": 2,
+            "tests": {
+                "passed": ["t.py::a"],
+                "failed": [],
+                "exit_code": 0,
+                "timed_out": False,
+                "duration_s": 0.4,
+                "output_tail": "1 passed",
+                "reason": "passed",
+            },
+        },
+    ),
+    (
+        GradeResponse,
+        {
+            "score": 0.0,
+            "grader": ["tests", "numeric"],
+            "raw_score": 0.0,
+            "tool_calls": 1,
+            "graders": {"tests": {"score": 0.0}, "numeric": {"score": 1.0, "parsed": 5.0}},
+            "failed_required": "tests",
+        },
+    ),
     (Health, {"status": "ok"}),
     (
         Readiness,
@@ -330,7 +359,7 @@ def stub_app(trajectory: dict[str, Any], environment: dict[str, Any], graded: di
             trajectory=lambda rid: (SimpleNamespace(state=trajectory["state"], tainted=False), calls),
         ),
         registry=SimpleNamespace(names=lambda: ["repo"], get=lambda name: name, describe=lambda env: environment),
-        grading=SimpleNamespace(grade=lambda body: graded),
+        grading=SimpleNamespace(grade=lambda body: graded, step=lambda rid: None),
     )
     install_error_handlers(app)
     return app

@@ -22,13 +22,19 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
     responses=error_responses(
         400,
         401,
+        403,
         404,
+        409,
         413,
         503,
         descriptions={
             400: "The item cannot be graded (invalid_grade_request) or the trace_id is missing",
+            403: "tests.dir lies outside the allowed workspace roots (workspace_forbidden)",
             404: "No rollout recorded under this trace_id, or its environment is unknown",
-            503: "The rollout met an infrastructure failure (rollout_infra_tainted): discard it, do not score it",
+            409: "tests: the rollout was released before grading (rollout_released), or is still being graded "
+            "by another request past its wait (call_in_progress)",
+            503: "The rollout met an infrastructure failure (rollout_infra_tainted): discard it, do not score it; "
+            "or one struck while its tests ran (the rollout is now tainted)",
         },
     ),
     openapi_extra=request_body(GradeRequest),  # read by hand: same 4 MiB cap and 400s as the tool calls

@@ -55,8 +55,17 @@ async def pre_provision(request: Request, body: PreProvisionRequest) -> JSONResp
 )
 async def get_rollout(rollout_id: str, request: Request) -> dict[str, Any]:
     ctx: ApiContext = request.app.state.ctx
-    rec = await anyio.to_thread.run_sync(ctx.rollouts.get, rollout_id, limiter=ctx.limiter)
-    return rec.public()
+
+    def load() -> dict[str, Any]:
+        return _with_grading(ctx, rollout_id, ctx.rollouts.get(rollout_id).public())
+
+    return await anyio.to_thread.run_sync(load, limiter=ctx.limiter)
+
+
+def _with_grading(ctx: ApiContext, rollout_id: str, view: dict[str, Any]) -> dict[str, Any]:
+    """The grading step, when a grading ran tests in this rollout's sandbox."""
+    stored = ctx.grading.step(rollout_id)
+    return {**view, "grading": stored} if stored is not None else view
 
 
 @router.get(
@@ -70,12 +79,13 @@ async def get_trajectory(rollout_id: str, request: Request) -> dict[str, Any]:
 
     def load() -> dict[str, Any]:
         rec, calls = ctx.rollouts.trajectory(rollout_id)
-        return {
+        view = {
             "rollout_id": rollout_id,
             "state": rec.state if rec else None,
             "infra_tainted": rec.tainted if rec else False,
             "calls": [_trajectory_entry(i, c) for i, c in enumerate(calls)],
         }
+        return _with_grading(ctx, rollout_id, view)
 
     return await anyio.to_thread.run_sync(load, limiter=ctx.limiter)
 

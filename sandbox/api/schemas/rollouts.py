@@ -72,6 +72,9 @@ class RolloutView(_Open):
     provision_error: str | None = Field(description="why the last provisioning attempt failed")
     parent: ForkParent | None = Field(None, description="a fork's child: the rollout it was forked from")
     children: list[str] = Field(default_factory=list, description="rollouts forked from this one, in order")
+    grading: dict[str, Any] | None = Field(
+        None, description="present once a grading ran its tests: the stored answer (score, tests, output tail)"
+    )
 
 
 class ForkParent(BaseModel):
@@ -122,3 +125,6 @@ class TrajectoryView(_Open):
     state: str | None = Field(description="the rollout's state; null when only its calls remain")
     infra_tainted: bool
     calls: list[TrajectoryEntry]
+    grading: dict[str, Any] | None = Field(
+        None, description="the grading step, after the calls: a grading's test run (not an agent call) and its answer"
+    )
