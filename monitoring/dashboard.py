@@ -513,6 +513,36 @@ def build() -> db.Dashboard:
         ),
     )
 
+    layout.line(
+        8,
+        (
+            12,
+            ts(
+                "Grading test runs (p50 / p95, 15 min)",
+                "The tests grader: time from queueing a test run on the rollout's host to the guest's "
+                "answer (restore, hidden files, the suite, results). Grows with the suites and with "
+                "the queue at the end of a training step.",
+                "s",
+                ("histogram_quantile(0.5, sum by (le) (rate(sandbox_test_run_duration_seconds_bucket[15m])))", "p50"),
+                ("histogram_quantile(0.95, sum by (le) (rate(sandbox_test_run_duration_seconds_bucket[15m])))", "p95"),
+            ),
+        ),
+        (
+            12,
+            ts(
+                "Tests grader: answers by result (per 5 min)",
+                "scored; replayed: a second request got the stored answer; infra_error: our failure "
+                "while the tests ran (5xx, the rollout is tainted); discarded_infra: refused, tainted "
+                "before; invalid: a bad item.",
+                "short",
+                ('sum by (result) (increase(sandbox_grades_total{grader=~"tests|multi"}[5m]))', "{{result}}"),
+                stacked=True,
+            )
+            .override_by_name("infra_error", [color(INFRA)])
+            .override_by_name("discarded_infra", [color(INFRA)]),
+        ),
+    )
+
     # --- 3. Latency and provisioning -----------------------------------------------------
     layout.section("Latency and provisioning")
     layout.line(

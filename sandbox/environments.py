@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import workspaces
+from . import harbor, workspaces
 from .config import Settings
 from .domain.environment import DEFAULT, Environment, EnvironmentSpec, check_name, digest_of
 from .domain.errors import SandboxError, UnknownEnvironment, WorkspaceInvalid
@@ -31,8 +31,12 @@ class EnvironmentRegistry:
     def register(self, name: str, spec: EnvironmentSpec) -> Environment:
         """Check and store a definition. Raises WorkspaceForbidden (403), WorkspaceInvalid (400)."""
         check_name(name)
-        commit = source_path = source_digest = None
+        commit = source_path = source_digest = instruction = None
         files: list[str] = []
+        if spec.task is not None:  # a Harbor task: its image is built per host, its tests/ stays hidden
+            task = harbor.read_task(spec.task.path, self.settings.workspace_root_list)
+            source_path, source_digest, instruction = str(task.path), task.context_digest, task.instruction
+            spec = spec.model_copy(update={"tests": task.tests_defaults(spec.tests)})
         if spec.workspace is not None:
             ws = spec.workspace
             resolved = workspaces.confine(ws.path, self.settings.workspace_root_list)
@@ -60,6 +64,7 @@ class EnvironmentRegistry:
             definition_digest=digest_of(spec, source_path, commit, source_digest),
             file_count=len(files),
             registered_at=time.time(),
+            instruction=instruction,
         )
         self.store.environments.save(env, files)
         return env
@@ -136,6 +141,7 @@ class EnvironmentRegistry:
             "registered_at": env.registered_at or None,
             "preparation": self.store.environments.preparation(env.name),
             "pool": self.pool_view(env),
+            **({"instruction": env.instruction} if env.spec.task is not None else {}),
         }
 
     def pool_view(self, env: Environment) -> dict[str, dict[str, int]]:

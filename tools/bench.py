@@ -1,9 +1,9 @@
-"""Benchmarks against a running stack: `python -m tools.bench latency|environment|burst|fork`.
+"""Benchmarks against a running stack: `python -m tools.bench latency|environment|burst|fork|grading`.
 
 This module is the entry point: the command line and nothing else. Each subcommand lives in a
 module of its own: `latency` in bench_latency.py, `environment` in bench_environment.py, and
 `burst` in burst.py (which measures with the burst_* modules and reports with burst_report.py), and
-`fork` in bench_fork.py.
+`fork` in bench_fork.py, and `grading` in bench_grading.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tools.bench_environment import run_environment
 from tools.bench_fork import run_fork
+from tools.bench_grading import run_grading
 from tools.bench_latency import run_latency
 from tools.burst import run_burst
 
@@ -73,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     frk.add_argument("--json", type=Path, default=Path("docs/benchmarks-fork.json"))
     frk.set_defaults(func=run_fork)
+    grd = kinds.add_parser("grading", help="the tests grader against the bare test run, and a burst of gradings")
+    grd.add_argument("--url", default="http://127.0.0.1:8000")
+    grd.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else .run/api-token")
+    grd.add_argument("--rounds", type=int, default=20, help="latency rounds (0: none)")
+    grd.add_argument("--burst", type=int, default=500, help="grade requests sent at once (0: none)")
+    grd.add_argument(
+        "--workspace-root", type=Path, default=Path("workspaces").resolve(), help="one of SANDBOX_WORKSPACE_ROOTS"
+    )
+    grd.add_argument("--json", type=Path, default=Path("docs/benchmarks-grading.json"))
+    grd.set_defaults(func=run_grading)
     return parser
 
 

@@ -51,8 +51,13 @@ class Backend(Protocol):
         """The id of a local image, or None if it is not on this host."""
         ...
 
+    def image_workdir(self, name: str) -> str | None:
+        """A local image's working directory (its WORKDIR), or None if it sets none or is not on this host."""
+        ...
+
     def build_image(self, context_dir: str, tag: str, labels: dict[str, str]) -> None:
-        """Build `context_dir`'s Dockerfile as `tag`, without network. Raises ProvisionFailed."""
+        """Build `context_dir`'s Dockerfile as `tag`, without network and without pulling: every
+        image it names must be on this host. Raises ProvisionFailed with the builder's message."""
         ...
 
     def snapshot(self, name: str, tag: str, labels: dict[str, str]) -> str:

@@ -189,6 +189,13 @@ class DockerBackend:
         except (NotFound, ImageNotFound):
             return None
 
+    def image_workdir(self, name: str) -> str | None:
+        try:
+            with _engine_errors():
+                return str(self.client.api.inspect_image(name)["Config"].get("WorkingDir") or "") or None
+        except (NotFound, ImageNotFound):
+            return None
+
     def build_image(self, context_dir: str, tag: str, labels: dict[str, str]) -> None:
         try:
             with _engine_errors():
@@ -196,7 +203,10 @@ class DockerBackend:
                 self.client.images.build(
                     path=context_dir, tag=tag, labels=labels, rm=True, forcerm=True, network_mode="none", pull=False
                 )
-        except (BuildError, APIError) as exc:
+        except BuildError as exc:
+            # The error alone says "returned a non-zero code: 1"; the step's own output says why.
+            raise ProvisionFailed(f"building environment image {tag} failed: {exc}{_log_tail(exc.build_log)}") from exc
+        except APIError as exc:
             raise ProvisionFailed(f"building environment image {tag} failed: {exc}") from exc
 
     # --- fork: a container's filesystem as an image ---
@@ -303,19 +313,30 @@ class DockerBackend:
 
 
 class _engine_errors:
-    """Map transport failures to EngineUnavailable; let API errors through to the caller."""
+    """Map transport failures to EngineUnavailable; let API and build errors through to the caller."""
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
-        if exc is None or isinstance(exc, APIError):
+        # A failed build step is the builder's verdict on the Dockerfile, not a sick engine.
+        if exc is None or isinstance(exc, APIError | BuildError):
             return False
         if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
             raise EngineUnavailable(f"Docker engine unavailable: {exc}") from exc
         if isinstance(exc, DockerException):
             raise EngineUnavailable(f"Docker engine error: {exc}") from exc
         return False
+
+
+def _log_tail(build_log: Any, lines: int = 12) -> str:
+    """The last lines a failed build printed, after its error message."""
+    try:
+        text = "".join(str(chunk.get("stream") or "") for chunk in build_log if isinstance(chunk, dict))
+    except (TypeError, DockerException):
+        return ""
+    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n" + "\n".join(tail) if tail else ""
 
 
 def _tail_logs(container: Any) -> str:

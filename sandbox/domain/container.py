@@ -93,9 +93,19 @@ def host_labels(settings: Settings) -> dict[str, str]:
 
 
 def container_spec(
-    settings: Settings, env: Environment, image: str, name: str, *, role: str, rollout_id: str = ""
+    settings: Settings,
+    env: Environment,
+    image: str,
+    name: str,
+    *,
+    role: str,
+    rollout_id: str = "",
+    workdir: str | None = None,
 ) -> SandboxSpec:
-    """The container of a rollout (`rollout_id` given) or of a warm pool, with the environment's limits."""
+    """The container of a rollout (`rollout_id` given) or of a warm pool, with the environment's limits.
+
+    `workdir`: where the image says work happens, when only the built image knows (a Harbor task's WORKDIR).
+    """
     s = settings
     limits = env.spec.limits
     labels = {
@@ -115,6 +125,6 @@ def container_spec(
         cpus=limits.cpus or s.limits.cpus,
         pids=limits.pids or s.limits.pids,
         # An environment with its own workspace or image says where work happens.
-        workdir=env.spec.workdir if env.spec.workspace or env.spec.image else s.workdir,
+        workdir=workdir or (env.spec.workdir if env.spec.workspace or env.spec.image else s.workdir),
         user=s.sandbox_user,
     )

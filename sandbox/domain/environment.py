@@ -29,6 +29,14 @@ class WorkspaceSpec(BaseModel):
     commit: str | None = Field(None, description="git: a sha, tag or branch; resolved to a sha when registered")
 
 
+class TaskSpec(BaseModel):
+    """A benchmark task directory that is a whole environment: its image, its prompt, its hidden tests."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["harbor"]
+    path: str = Field(description="host path of the task directory, under the allowed roots")
+
+
 class EnvLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     memory_bytes: int | None = Field(None, ge=64 * 1024**2)
@@ -45,6 +53,9 @@ class EnvironmentSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     workspace: WorkspaceSpec | None = None
+    task: TaskSpec | None = Field(
+        None, description="a Harbor task directory (image, instruction, hidden tests); excludes workspace and image"
+    )
     image: str | None = Field(None, description="base image; default: the service's sandbox image")
     workdir: str = Field("/workspace", pattern=r"^/[^\x00]*$")
     limits: EnvLimits = EnvLimits()
@@ -61,6 +72,14 @@ class EnvironmentSpec(BaseModel):
             raise ValueError(f"the definition {problem}")
         return self
 
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvironmentSpec:
+        if self.task is not None and (self.workspace is not None or self.image is not None):
+            raise ValueError(
+                "task cannot be combined with workspace or image: the task's environment/Dockerfile makes both"
+            )
+        return self
+
 
 class Environment(BaseModel):
     """A registered environment: the spec plus what registration resolved."""
@@ -73,10 +92,11 @@ class Environment(BaseModel):
     definition_digest: str
     file_count: int = 0
     registered_at: float = 0.0
+    instruction: str | None = None  # a task's prompt (instruction.md), read at registration
 
     @property
     def needs_preparation(self) -> bool:
-        return self.spec.workspace is not None
+        return self.spec.workspace is not None or self.spec.task is not None
 
 
 def check_name(name: str) -> str:
@@ -86,7 +106,10 @@ def check_name(name: str) -> str:
 
 
 def digest_of(spec: EnvironmentSpec, source_path: str | None, commit: str | None, source_digest: str | None) -> str:
-    """Address of what the derived image contains; limits and budgets are not part of it."""
+    """Address of what the derived image contains; limits and budgets are not part of it.
+
+    For a task, `source_digest` is the fingerprint of its build context (environment/).
+    """
     identity = {
         "layout": 2,  # 2: the image holds a root-only copy of the base state for grading
         "workspace": spec.workspace.type if spec.workspace else None,
@@ -96,4 +119,6 @@ def digest_of(spec: EnvironmentSpec, source_path: str | None, commit: str | None
         "image": spec.image,
         "workdir": spec.workdir,
     }
+    if spec.task is not None:  # only then: the digests (and images) of other definitions stay as they were
+        identity["task"] = spec.task.type
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

@@ -86,10 +86,14 @@ class Forker:
         self, parent: RolloutRecord, child_ids: tuple[str, ...], tag: str, made: dict[str, str]
     ) -> None:
         env = self.registry.of_rollout(parent.environment or DEFAULT_ENVIRONMENT)
+        # A task's workdir is its image's WORKDIR; the snapshot keeps the parent container's.
+        workdir = self.backend.image_workdir(tag) if env.spec.task is not None else None
 
         def create(child_id: str) -> None:
             name = container_name(self.settings.instance, child_id)
-            spec = container_spec(self.settings, env, tag, name, role=ROLE_ROLLOUT, rollout_id=child_id)
+            spec = container_spec(
+                self.settings, env, tag, name, role=ROLE_ROLLOUT, rollout_id=child_id, workdir=workdir
+            )
             made[name] = ""  # before creating: a failure half-way must still remove it
             with self.semaphore:  # bounds the engine's work only: the guest boots outside it
                 made[name] = self.backend.create(spec)

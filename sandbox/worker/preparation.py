@@ -1,9 +1,10 @@
 """Preparing an environment on a host: its derived image, built once per definition.
 
-The image tag is derived from the definition's digest and the base image's id, so the
-same definition is never prepared twice on a host, a changed one gets a new image, and a
-rebuilt base image is noticed. A rollout's container then starts with the repository
-through copy-on-write instead of copying files per rollout.
+The image tag is derived from the definition's digest and the base image's id (a Harbor
+task's: every image its Dockerfile builds FROM), so the same definition is never prepared
+twice on a host, a changed one gets a new image, and a rebuilt base image is noticed. A
+rollout's container then starts with the repository through copy-on-write instead of
+copying files per rollout.
 """
 
 from __future__ import annotations
@@ -24,10 +25,19 @@ from ..config import Settings
 from ..domain.environment import Environment
 from ..domain.errors import ProvisionFailed, SandboxError
 from ..environments import EnvironmentRegistry
+from . import harbor_image
 
 log = logging.getLogger(__name__)
 IMAGE_REPOSITORY = "rollout-env"
 BASE_COPY = "/opt/sandbox-base/workdir"  # the guest's guest_tests.BASE_DIR
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a rollout's container starts from on this host."""
+
+    image: str
+    workdir: str | None = None  # None: the definition says (container_spec); a task's image says otherwise
 
 
 @dataclass
@@ -37,33 +47,51 @@ class Preparer:
     settings: Settings
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+    _workdirs: dict[str, str] = field(default_factory=dict)  # task image tag -> its WORKDIR
 
     def image_for(self, env: Environment) -> str:
-        """The image a rollout of `env` starts from on this host, preparing it if needed.
+        return self.prepare(env).image
+
+    def prepare(self, env: Environment) -> Prepared:
+        """The image a rollout of `env` starts from on this host (and its workdir), preparing it if needed.
 
         Concurrent first uses prepare once: threads of this worker share a lock, and other
         processes on the same host wait on a Redis lock. Raises ProvisionFailed.
         """
-        base = env.spec.image or self.settings.image
         if not env.needs_preparation:
-            return base
-        base_id = self.backend.image_id(base)
-        if base_id is None:
-            raise ProvisionFailed(f"base image {base!r} of environment {env.name!r} is not on this host")
-        tag = f"{IMAGE_REPOSITORY}:{hashlib.sha256(f'{env.definition_digest}:{base_id}'.encode()).hexdigest()[:24]}"
-        if self.backend.image_id(tag) is not None:
-            return tag
-        with self._local_lock(tag):
-            if self.backend.image_id(tag) is not None:
-                return tag
-            self._prepare_once_on_host(env, base, tag)
-        return tag
+            return Prepared(env.spec.image or self.settings.image)
+        tag = self._tag(env)
+        if self.backend.image_id(tag) is None:
+            with self._local_lock(tag):
+                if self.backend.image_id(tag) is None:
+                    self._prepare_once_on_host(env, tag)
+        if env.spec.task is None:
+            return Prepared(tag)
+        if tag not in self._workdirs:  # the task image's WORKDIR, set by the build: read once per process
+            self._workdirs[tag] = self.backend.image_workdir(tag) or env.spec.workdir
+        return Prepared(tag, self._workdirs[tag])
+
+    def _tag(self, env: Environment) -> str:
+        if env.spec.task is not None:
+            try:
+                bases = harbor_image.base_ids(self.backend, env, self.settings.workspace_root_list)
+            except ProvisionFailed as exc:  # the task's configuration: shown in its preparation state too
+                self._finished(env, "", time.time(), "failed", exc.message)
+                raise ProvisionFailed(f"environment {env.name!r} could not be prepared: {exc.message}") from exc
+        else:
+            base = env.spec.image or self.settings.image
+            base_id = self.backend.image_id(base)
+            if base_id is None:
+                raise ProvisionFailed(f"base image {base!r} of environment {env.name!r} is not on this host")
+            bases = [base_id]
+        key = ":".join([env.definition_digest, *bases])
+        return f"{IMAGE_REPOSITORY}:{hashlib.sha256(key.encode()).hexdigest()[:24]}"
 
     def _local_lock(self, tag: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(tag, threading.Lock())
 
-    def _prepare_once_on_host(self, env: Environment, base: str, tag: str) -> None:
+    def _prepare_once_on_host(self, env: Environment, tag: str) -> None:
         s = self.settings
         environments = self.registry.store.environments
         token = uuid.uuid4().hex
@@ -78,14 +106,28 @@ class Preparer:
             time.sleep(0.5)
         try:
             if self.backend.image_id(tag) is None:
-                self._build(env, base, tag)
+                self._build(env, tag)
         finally:
             environments.unlock_preparation(s.host_id, tag, token)
 
-    def _build(self, env: Environment, base: str, tag: str) -> None:
+    def _build(self, env: Environment, tag: str) -> None:
         s = self.settings
         started = time.time()
         self.registry.set_preparation(env.name, s.host_id, {"state": "preparing", "image": tag, "started_at": started})
+        labels = {"sandbox.environment": env.name, "sandbox.definition_digest": env.definition_digest}
+        try:
+            if env.spec.task is not None:
+                harbor_image.build(self.backend, env, tag, labels, s.sandbox_user, s.workspace_root_list)
+            else:
+                self._build_workspace_image(env, tag, labels)
+        except (SandboxError, OSError) as exc:
+            message = exc.message if isinstance(exc, SandboxError) else str(exc)
+            self._finished(env, tag, started, "failed", message)
+            raise ProvisionFailed(f"environment {env.name!r} could not be prepared: {message}") from exc
+        self._finished(env, tag, started, "ready", "")
+
+    def _build_workspace_image(self, env: Environment, tag: str, labels: dict[str, str]) -> None:
+        s = self.settings
         ws = env.spec.workspace
         assert ws is not None and env.source_path is not None
         context = Path(tempfile.mkdtemp(prefix="sbx-env-"))
@@ -99,20 +141,14 @@ class Preparer:
             shutil.copytree(context / "workspace", base_copy, symlinks=True)
             (context / "opt" / "sandbox-base").chmod(0o700)
             (context / "Dockerfile").write_text(
-                f"FROM {base}\n"
+                f"FROM {env.spec.image or s.image}\n"
                 f"COPY --chown={s.sandbox_user}:{s.sandbox_user} workspace/ {env.spec.workdir}/\n"
                 "COPY --chown=0:0 opt/ /opt/\n"
                 f"WORKDIR {env.spec.workdir}\n"
             )
-            labels = {"sandbox.environment": env.name, "sandbox.definition_digest": env.definition_digest}
             self.backend.build_image(str(context), tag, labels)
-        except (SandboxError, OSError) as exc:
-            message = exc.message if isinstance(exc, SandboxError) else str(exc)
-            self._finished(env, tag, started, "failed", message)
-            raise ProvisionFailed(f"environment {env.name!r} could not be prepared: {message}") from exc
         finally:
             shutil.rmtree(context, ignore_errors=True)
-        self._finished(env, tag, started, "ready", "")
 
     def _finished(self, env: Environment, tag: str, started: float, state: str, error: str) -> None:
         duration = time.time() - started

@@ -61,11 +61,12 @@ class Provisioner:
         started = self.clock.monotonic()
         try:
             env = self.registry.of_rollout(rec.environment or DEFAULT_ENVIRONMENT)
-            image = self.preparer.image_for(env)  # once per host and definition; outside the semaphore
+            prepared = self.preparer.prepare(env)  # once per host and definition; outside the semaphore
+            spec = container_spec(
+                self.settings, env, prepared.image, name, role=ROLE_ROLLOUT, rollout_id=rid, workdir=prepared.workdir
+            )
             with self.semaphore:  # bounds the engine's work only: the guest boots outside it
-                container_id = self.backend.create(
-                    container_spec(self.settings, env, image, name, role=ROLE_ROLLOUT, rollout_id=rid)
-                )
+                container_id = self.backend.create(spec)
             self.backend.wait_ready(name, READY_TIMEOUT_S)
         except EngineUnavailable as exc:
             self._engine_result(ok=False)

@@ -31,7 +31,7 @@ from ..domain.environment import Environment
 from ..domain.errors import InfraError
 from ..environments import EnvironmentRegistry
 from ..store import Store
-from .preparation import Preparer
+from .preparation import Prepared, Preparer
 
 log = logging.getLogger(__name__)
 SETTLE_LOOK_S = 1.0
@@ -97,11 +97,11 @@ class Refiller:
         if missing <= 0:
             return 0
         env = self.registry.get(env_name)
-        image = self.preparer.image_for(env)
+        prepared = self.preparer.prepare(env)
         # Twice the creation slots: while one container's guest boots, the next is being created.
         with ThreadPoolExecutor(max_workers=2 * self.settings.provision_concurrency) as workers:
             made = sum(
-                workers.map(lambda _: self._still_short(env_name) and self._create_one(env, image), range(missing))
+                workers.map(lambda _: self._still_short(env_name) and self._create_one(env, prepared), range(missing))
             )
         log.info("warm pool %s on %s: +%d (target %d)", env_name, host, made, target)
         return made
@@ -130,10 +130,10 @@ class Refiller:
                 return
             before = now
 
-    def _create_one(self, env: Environment, image: str) -> bool:
+    def _create_one(self, env: Environment, prepared: Prepared) -> bool:
         s = self.settings
         name = f"{pool_container_prefix(s.instance)}{uuid.uuid4().hex[:16]}"
-        spec = container_spec(s, env, image, name, role=ROLE_POOL)
+        spec = container_spec(s, env, prepared.image, name, role=ROLE_POOL, workdir=prepared.workdir)
         try:
             with self.semaphore:  # bounds the engine's work only: the guest boots outside it
                 self.backend.create(spec)

@@ -283,3 +283,15 @@ def test_the_container_lost_while_grading_is_infra(stack: Stack, calc_env: str) 
     again = grade(stack, rid, **lists())
     assert again.status_code == 503 and again.json()["error"]["code"] == "rollout_infra_tainted"
     assert stack.http.get(f"/v1/rollouts/{rid}").json()["infra_tainted"]
+
+
+def test_a_burst_of_gradings_queues_and_every_one_is_scored(stack: Stack, calc_env: str) -> None:
+    """The end of a training step: many grade requests at once. They wait for the host's call
+    threads (the stack has 48) instead of failing; `python -m tools.bench grading` does 500."""
+    n = 60
+    with ThreadPoolExecutor(16) as pool:
+        rids = list(pool.map(lambda i: play(stack, calc_env, FIX if i % 2 else "true"), range(n)))
+    with ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(lambda rid: grade(stack, rid, **lists()), rids))
+    assert [a.status_code for a in answers] == [200] * n, {a.status_code for a in answers}
+    assert [a.json()["score"] for a in answers] == [float(i % 2) for i in range(n)]

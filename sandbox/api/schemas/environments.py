@@ -45,6 +45,9 @@ class EnvironmentView(EnvironmentSpec, _Named):
     registered_at: float | None = Field(description="Unix seconds; null for the built-in default environment")
     preparation: dict[str, Preparation] = Field(description="per host id")
     pool: dict[str, PoolSize] = Field(description="warm pool per host id")
+    instruction: str | None = Field(
+        None, description="task environments only: the task's instruction.md, the prompt for the model"
+    )
 
 
 class EnvironmentList(_Open):
