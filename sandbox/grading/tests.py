@@ -63,13 +63,22 @@ def read_run(reports: str, junit: list[str]) -> RunReport:
         elif kind == "collect_error" and isinstance(event.get("nodeid"), str):
             run.collect_errors.append(event["nodeid"])
         elif kind == "test" and isinstance(event.get("nodeid"), str):
-            phases.setdefault(event["nodeid"], {})[str(event.get("when"))] = str(event.get("outcome"))
+            seen = phases.setdefault(event["nodeid"], {})
+            when, outcome = str(event.get("when")), str(event.get("outcome"))
+            # Failure wins here too: a second report of a phase (a forged line the agent's code
+            # wrote into the channel during the session) never turns a failure into a pass.
+            if _RANK.get(outcome, 0) >= _RANK.get(seen.get(when, ""), -1):
+                seen[when] = outcome
     for nodeid, seen in phases.items():
         run.note(nodeid, _pytest_status(seen))
     for text in junit:
         for test_id, status in _junit_statuses(text):
             run.note(test_id, status)
     return run
+
+
+# How bad a phase's outcome is. An unknown one ranks with a pass, so it replaces a pass, and is never read as one.
+_RANK = {"passed": 0, "xpassed": 0, "skipped": 1, "xfailed": 1, "failed": 2}
 
 
 def _pytest_status(phases: dict[str, str]) -> str:
