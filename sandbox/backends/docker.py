@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -40,6 +41,8 @@ GUEST_CAPABILITIES = ["SETUID", "SETGID", "KILL", "CHOWN", "DAC_OVERRIDE", "FOWN
 ALIVE_STATES = ("running", "paused")
 # Slack over a command's own deadline before the guest is deemed hung.
 REPLY_SLACK_S = 15.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_BUILDER_LINE = re.compile(r"^(Step \d+/\d+ : | ---> |Removing intermediate container )")
 
 
 class DockerBackend:
@@ -330,12 +333,13 @@ class _engine_errors:
 
 
 def _log_tail(build_log: Any, lines: int = 12) -> str:
-    """The last lines a failed build printed, after its error message."""
+    """The last lines the failed build's steps printed (the builder's own step lines left out)."""
     try:
         text = "".join(str(chunk.get("stream") or "") for chunk in build_log if isinstance(chunk, dict))
     except (TypeError, DockerException):
         return ""
-    tail = [line for line in text.splitlines() if line.strip()][-lines:]
+    text = _ANSI.sub("", text)
+    tail = [line for line in text.splitlines() if line.strip() and not _BUILDER_LINE.match(line)][-lines:]
     return "\n" + "\n".join(tail) if tail else ""
 
 

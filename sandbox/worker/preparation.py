@@ -75,7 +75,7 @@ class Preparer:
         if env.spec.task is not None:
             try:
                 bases = harbor_image.base_ids(self.backend, env, self.settings.workspace_root_list)
-            except ProvisionFailed as exc:  # the task's configuration: shown in its preparation state too
+            except SandboxError as exc:  # the task's configuration (or roots): shown in its preparation state too
                 self._finished(env, "", time.time(), "failed", exc.message)
                 raise ProvisionFailed(f"environment {env.name!r} could not be prepared: {exc.message}") from exc
         else:

@@ -127,6 +127,21 @@ def test_images_and_engine_health(backend: Backend) -> None:
         backend.create(SandboxSpec(**{**spec.__dict__, "image": "no-such-image:x"}))
 
 
+def test_a_build_keeps_its_workdir_and_a_broken_one_says_why(backend: Backend, tmp_path: Path) -> None:
+    labels = {TEST_LABEL: getattr(backend, "contract_session", "fake")}
+    tag = f"rollout-env:contract-{uuid.uuid4().hex[:10]}"
+    (tmp_path / "Dockerfile").write_text(f"FROM {IMAGE}\nWORKDIR /srv/task\n")
+    backend.build_image(str(tmp_path), tag, labels)
+    assert backend.image_id(tag) and backend.image_workdir(tag) == "/srv/task"
+    assert backend.image_workdir(f"no-such-image-{uuid.uuid4().hex[:6]}:x") is None
+    assert backend.remove_image(tag) is True
+    # A step that fails is the Dockerfile's problem (ProvisionFailed), not a sick engine (EngineUnavailable).
+    (tmp_path / "Dockerfile").write_text(f"FROM {IMAGE}\nRUN exit 3\n")
+    with pytest.raises(ProvisionFailed, match=f"building environment image {tag} failed"):
+        backend.build_image(str(tmp_path), tag, labels)
+    assert backend.image_id(tag) is None
+
+
 def test_a_snapshot_carries_the_filesystem_into_new_containers_that_stay_apart(backend: Backend) -> None:
     parent = started(backend)
     shell(backend, parent.name, "echo state > notes.txt")

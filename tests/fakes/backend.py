@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sandbox.domain.container import LABEL_ROLLOUT, ImageInfo, SandboxInfo, SandboxSpec
@@ -47,6 +48,7 @@ class FakeImage:
     created_at: float
     labels: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)  # what containers of it start with
+    workdir: str = ""  # its WORKDIR ("" = none set)
 
 
 class InMemoryBackend:
@@ -168,9 +170,27 @@ class InMemoryBackend:
         image = self.images.get(name)
         return image.image_id if image is not None else None
 
-    def build_image(self, context_dir: str, tag: str, labels: dict[str, str]) -> None:
+    def image_workdir(self, name: str) -> str | None:
         self._engine()
-        self._add_image(tag, labels)
+        image = self.images.get(name)
+        return (image.workdir or None) if image is not None else None
+
+    def build_image(self, context_dir: str, tag: str, labels: dict[str, str]) -> None:
+        """Reads the Dockerfile's FROM and WORKDIR lines (and `RUN exit N` fails): enough for the preparation."""
+        self._engine()
+        dockerfile = Path(context_dir, "Dockerfile")
+        lines = [line.split(None, 1) for line in dockerfile.read_text().splitlines() if line.strip()]
+        args = [(words[0].upper(), words[1].strip()) for words in lines if len(words) == 2]
+        froms = [arg.split()[0] for word, arg in args if word == "FROM"]
+        if froms and froms[-1] not in self.images:  # the real builder would try to pull it
+            raise ProvisionFailed(f"building environment image {tag} failed: pull access denied for {froms[-1]}")
+        if any(word == "RUN" and arg.startswith("exit ") for word, arg in args):  # a step that fails
+            raise ProvisionFailed(f"building environment image {tag} failed: returned a non-zero code")
+        workdirs = [arg for word, arg in args if word == "WORKDIR"]
+        inherited = self.images[froms[-1]].workdir if froms else ""
+        self._add_image(tag, {**(self.images[froms[-1]].labels if froms else {}), **labels}).workdir = (
+            workdirs[-1] if workdirs else inherited
+        )
         self.builds.append(tag)
 
     def snapshot(self, name: str, tag: str, labels: dict[str, str]) -> str:
@@ -181,7 +201,9 @@ class InMemoryBackend:
             box = self.containers.get(name)
             if box is None:
                 raise SandboxLost("the rollout's container no longer exists")
-            return self._add_image(tag, {**box.spec.labels, **labels}, box.files).image_id
+            image = self._add_image(tag, {**box.spec.labels, **labels}, box.files)
+            image.workdir = box.spec.workdir  # a commit keeps the container's working directory
+            return image.image_id
 
     def list_images(self, labels: dict[str, str]) -> Sequence[ImageInfo]:
         self._engine()
