@@ -3,21 +3,27 @@
 #
 #   images/build.sh [--force] [--offline]
 #
-# Normal path: pull debian:bookworm-slim and build images/sandbox/Dockerfile
-# on it. Offline path (no registry reachable): debootstrap a bookworm rootfs
-# from the Debian mirror apt already uses, import it as a base image and build
-# the same Dockerfile on it. The rootfs tarball is cached in .run/cache/, so a
-# rebuild skips debootstrap (delete the tarball to refresh it).
+# Default path, no registry contacted: debootstrap a bookworm rootfs from the
+# Debian mirror apt already uses, import it as a base image and build
+# images/sandbox/Dockerfile on it with no network. The rootfs tarball is cached
+# in .run/cache/, so a rebuild skips debootstrap (delete the tarball to refresh
+# it). Registry path, only when SANDBOX_BASE_IMAGE names an image (e.g.
+# debian:bookworm-slim): build on that image, pulled if it is not local; if the
+# pull fails, the offline path is taken instead.
 #
-# Env: SANDBOX_IMAGE (image name), SANDBOX_BASE_IMAGE (registry base image),
-#      SANDBOX_BUILD_OFFLINE=1 (same as --offline: skip the pull attempt).
+# Env: SANDBOX_IMAGE (image name, default IMAGE_SANDBOX of images/tags.env),
+#      SANDBOX_BASE_IMAGE (registry base image; unset: none is contacted),
+#      SANDBOX_BUILD_OFFLINE=1 (same as --offline: ignore SANDBOX_BASE_IMAGE).
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../deploy/lib.sh"
 ROOT="$(root_dir)"
 
-IMAGE="${SANDBOX_IMAGE:-rollout-sandbox:bookworm}"
-REGISTRY_BASE="${SANDBOX_BASE_IMAGE:-debian:bookworm-slim}"
+# shellcheck source=images/tags.env
+source "$ROOT/images/tags.env"
+IMAGE="${SANDBOX_IMAGE:-$IMAGE_SANDBOX}"
+# No default: no build contacts a container registry unless this names one.
+REGISTRY_BASE="${SANDBOX_BASE_IMAGE:-}"
 OFFLINE_BASE="rollout-sandbox-base:bookworm"
 SUITE="bookworm"
 CACHE_DIR="$ROOT/.run/cache"
@@ -27,7 +33,7 @@ CACHE_FORMAT=2
 CONTEXT="$ROOT/images/sandbox"
 # Keep in sync with PACKAGES in images/sandbox/Dockerfile: the offline base
 # must already contain all of them, since its build has no network.
-PACKAGES=(bash coreutils findutils grep sed ripgrep git python3 procps ca-certificates)
+PACKAGES=(bash coreutils findutils grep sed ripgrep git python3 python3-pytest procps ca-certificates)
 
 force=0
 offline="${SANDBOX_BUILD_OFFLINE:-0}"
@@ -36,7 +42,7 @@ for arg in "$@"; do
     --force) force=1 ;;
     --offline) offline=1 ;;
     -h | --help)
-        sed -n '2,13s/^# \{0,1\}//p' "$0"
+        sed -n '2,16s/^# \{0,1\}//p' "$0"
         exit 0
         ;;
     *) die "unknown argument: $arg (see --help)" ;;
@@ -48,9 +54,16 @@ mkdir -p "$CACHE_DIR"
 take_lock build
 
 # Checked after taking the lock: a concurrent run may just have built it.
-if ((!force)) && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+# The recipe an image was built with is in its label: an image of an older recipe (say,
+# without a package added since) is rebuilt, so a checkout never runs on a stale image.
+RECIPE="packages=${PACKAGES[*]}"
+built_recipe=$(docker image inspect -f '{{index .Config.Labels "org.rollout-sandbox.recipe"}}' "$IMAGE" 2>/dev/null || true)
+if ((!force)) && [[ $built_recipe == "$RECIPE" ]]; then
     log "image $IMAGE already exists; nothing to do (--force rebuilds it)"
     exit 0
+fi
+if [[ -n $built_recipe && $built_recipe != "$RECIPE" ]]; then
+    log "image $IMAGE was built from an older recipe; rebuilding it"
 fi
 
 start=$SECONDS
@@ -202,7 +215,7 @@ build_rootfs_tarball() {
 trap 'exit 130' INT TERM
 
 base=""
-if ((!offline)); then
+if ((!offline)) && [[ -n $REGISTRY_BASE ]]; then
     if docker image inspect "$REGISTRY_BASE" >/dev/null 2>&1; then
         log "using local $REGISTRY_BASE"
         base=$REGISTRY_BASE
@@ -244,7 +257,8 @@ else
 fi
 
 log "building $IMAGE on $base"
-docker build --network "$network" --build-arg "BASE=$base" -t "$IMAGE" "$CONTEXT"
+docker build --network "$network" --build-arg "BASE=$base" --build-arg "PACKAGES=${PACKAGES[*]}" \
+    --label "org.rollout-sandbox.recipe=$RECIPE" -t "$IMAGE" "$CONTEXT"
 
 # Drop the images this build replaced, so repeated rebuilds don't pile up
 # untagged copies. Without -f, docker refuses while a container still uses

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Build every image of the Compose stack locally; no container registry is needed.
+# Build every image of the Compose stack locally; no container registry is needed. The
+# names are those of images/tags.env; `make images` (images/build-all.sh) runs this script
+# and then builds the images only Kubernetes needs.
 #
 #   bash deploy/compose/build-images.sh [--force]
 #
 #   rollout-sandbox:bookworm                  sandboxes, and the base of the others (images/build.sh:
-#                                             debian:bookworm-slim, or debootstrap when offline)
+#                                             debootstrap, or SANDBOX_BASE_IMAGE from a registry)
 #   rollout-sandbox-service:<version>         API, worker, beat (images/service; version from pyproject.toml)
 #   rollout-sandbox-redis:7.0-bookworm        Debian's redis-server (images/redis)
 #   rollout-sandbox-prometheus:2.42-bookworm  Debian's prometheus (images/prometheus)
@@ -24,11 +26,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
 # shellcheck source=deploy/lib.sh
 source "$ROOT/deploy/lib.sh"
 
-BASE_IMAGE="rollout-sandbox:bookworm"
-REDIS_SERIES="7.0"
-PROMETHEUS_SERIES="2.42"
-REDIS_IMAGE="rollout-sandbox-redis:$REDIS_SERIES-bookworm"
-PROMETHEUS_IMAGE="rollout-sandbox-prometheus:$PROMETHEUS_SERIES-bookworm"
+# shellcheck source=images/tags.env
+source "$ROOT/images/tags.env"
+BASE_IMAGE="$IMAGE_SANDBOX"
+REDIS_IMAGE="$IMAGE_REDIS"
+PROMETHEUS_IMAGE="$IMAGE_PROMETHEUS"
+# The tags carry the Debian package's series (7.0-bookworm), which the builds check.
+series_of() { local tag=${1##*:}; echo "${tag%-bookworm}"; }
+REDIS_SERIES=$(series_of "$REDIS_IMAGE")
+PROMETHEUS_SERIES=$(series_of "$PROMETHEUS_IMAGE")
 COMPOSE_FILE="$ROOT/deploy/compose/docker-compose.yml"
 SERVICE_CONTEXT="$ROOT/images/service"
 WHEELS="$SERVICE_CONTEXT/wheels"
@@ -39,7 +45,7 @@ for arg in "$@"; do
     case $arg in
     --force) force=1 ;;
     -h | --help)
-        sed -n '2,22s/^# \{0,1\}//p' "$0"
+        sed -n '2,24s/^# \{0,1\}//p' "$0"
         exit 0
         ;;
     *) die "unknown argument: $arg (see --help)" ;;
@@ -64,7 +70,9 @@ fi
 step_done prerequisites
 
 VERSION=$("$PY" -c 'import tomllib; print(tomllib.load(open("'"$ROOT"'/pyproject.toml", "rb"))["project"]["version"])')
-SERVICE_IMAGE="rollout-sandbox-service:$VERSION"
+SERVICE_IMAGE="$IMAGE_SERVICE"
+[[ ${SERVICE_IMAGE##*:} == "$VERSION" ]] ||
+    die "images/tags.env names $SERVICE_IMAGE but pyproject.toml's version is $VERSION; update the tags"
 # The Compose file names the images by tag; a version bump must reach it.
 for image in "$SERVICE_IMAGE" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE"; do
     grep -q "image: $image\$" "$COMPOSE_FILE" ||

@@ -57,7 +57,9 @@ docker info >/dev/null 2>&1 || fail "no Docker engine answers"
 
 # -------------------------------------------------------------- the stack ----
 # Host directories the engine bind-mounts into the sandboxes (same path in the worker).
-STATE=$(mktemp -d /var/tmp/rollout-sandbox-smoke.XXXXXX)
+# Short: the worker reaches each guest's socket at $STATE/run/<host id>/<container name>/guest.sock,
+# and a unix socket path has at most 107 bytes (/var/tmp/rollout-sandbox-smoke.XXXXXX made it 111).
+STATE=$(mktemp -d /var/tmp/rsb-smoke.XXXXXX)
 TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
 cat >"$STATE/env" <<EOF
 SANDBOX_API_TOKENS=$TOKEN
