@@ -59,12 +59,38 @@ fi
 # --------------------------------------------------------------- Docker ----
 docker_up() { docker info >/dev/null 2>&1; }
 
+# The engine's configuration: gVisor's runsc as a second runtime when it is installed.
+# runsc runs with no network (sandboxes have none), the ptrace platform (no KVM needed), and
+# --host-uds=create so the guest's socket in its bind mount is reachable from the host.
+ENGINE_CONFIG="$RUN/dockerd.json"
+if [[ -x /usr/bin/runsc ]]; then
+    echo '{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs":' \
+        '["--network=none", "--platform=ptrace", "--host-uds=create"]}}}' >"$ENGINE_CONFIG.tmp"
+else
+    echo '{}' >"$ENGINE_CONFIG.tmp"
+fi
+mv -f "$ENGINE_CONFIG.tmp" "$ENGINE_CONFIG"
+engine_lacks_runsc() { [[ -x /usr/bin/runsc ]] && ! docker info --format '{{json .Runtimes}}' | grep -q '"runsc"'; }
+
 # Give up waiting as soon as the daemon we started has exited.
 docker_up_or_gone() { docker_up || ! kill -0 "$1" 2>/dev/null; }
 
 drop_stale_pidfile "$RUN/dockerd.pid"
+if docker_up && engine_lacks_runsc && pid_alive "$RUN/dockerd.pid"; then
+    # Ours, started before runsc was part of its configuration: a runtime is only read at
+    # start-up, so restart it once. Its running sandboxes stop; the reconciler ends their
+    # rollouts `lost` (infra, never the model's).
+    old_pid=$(cat "$RUN/dockerd.pid")
+    log "docker: our engine (pid $old_pid) does not offer runsc yet; restarting it with $ENGINE_CONFIG"
+    kill "$old_pid"
+    wait_for 60 bash -c "! kill -0 $old_pid 2>/dev/null" || die "dockerd (pid $old_pid) did not stop within 60 s"
+fi
 if docker_up; then
     log "docker: reusing the running engine"
+    if engine_lacks_runsc; then
+        log "docker: this engine does not offer runsc, so environments with runtime runsc are refused;" \
+            "to offer it, add the runtimes of $ENGINE_CONFIG to its daemon.json and reload it"
+    fi
 elif [[ -n ${DOCKER_HOST:-} && $DOCKER_HOST != unix:///var/run/docker.sock ]]; then
     # A local dockerd would listen on the default socket, not on DOCKER_HOST,
     # so starting one cannot fix this.
@@ -86,7 +112,7 @@ else
     # needing a docker0 bridge/NAT. setsid+nohup detach the daemon from this
     # shell, so it keeps running after the script (and its terminal) exits.
     # Like redis, it must not inherit the lock fd (9).
-    setsid nohup dockerd --bridge=none --pidfile "$RUN/dockerd.pid" \
+    setsid nohup dockerd --bridge=none --config-file "$ENGINE_CONFIG" --pidfile "$RUN/dockerd.pid" \
         >>"$RUN/dockerd.log" 2>&1 </dev/null 9>&- &
     dockerd_pid=$!
     if ! wait_for 60 docker_up_or_gone "$dockerd_pid" || ! docker_up; then

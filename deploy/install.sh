@@ -10,8 +10,9 @@ ROOT="$(root_dir)"
 # docker.io/redis-server: runtime deps. redis-tools: redis-cli for health
 # checks. debootstrap (+ keyring/gpgv to verify the mirror): offline base
 # image. python3-venv: virtualenv. curl/git: used by developers and tests.
+# runsc: gVisor, the optional `runtime: "runsc"` of environments (deps.sh registers it).
 ensure_apt_packages \
-    docker.io redis-server redis-tools \
+    docker.io redis-server redis-tools runsc \
     debootstrap debian-archive-keyring gpgv \
     python3-venv curl git ca-certificates
 
@@ -35,10 +36,12 @@ elif ! "$VENV/bin/python" -c '' 2>/dev/null; then
 fi
 
 # pip resolution costs tens of seconds even when nothing changes, so only
-# re-run it when the dependency list (pyproject.toml) changed since last time.
-if [[ ! -f $STAMP || $ROOT/pyproject.toml -nt $STAMP ]]; then
-    log "installing project and dev dependencies into $VENV"
-    "$VENV/bin/pip" install --disable-pip-version-check -q -e "$ROOT[dev]"
+# re-run it when a dependency list (pyproject.toml, client/pyproject.toml) changed since
+# last time. The client SDK (client/, its own distribution) goes in editable beside the
+# service, with its mini-swe-agent extra: the tests drive both.
+if [[ ! -f $STAMP || $ROOT/pyproject.toml -nt $STAMP || $ROOT/client/pyproject.toml -nt $STAMP ]]; then
+    log "installing project, client and dev dependencies into $VENV"
+    "$VENV/bin/pip" install --disable-pip-version-check -q -e "$ROOT[dev]" -e "$ROOT/client[minisweagent]"
     touch "$STAMP"
 else
     log "virtualenv up to date (pyproject.toml unchanged)"

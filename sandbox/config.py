@@ -30,6 +30,25 @@ class OutputSettings(BaseModel):
     cap_bytes: int = Field(16 * 1024, ge=256, description="Tool output kept per call (head and tail).")
 
 
+class ExecSettings(BaseModel):
+    output_cap_bytes: int = Field(
+        128 * 1024, ge=256, description="Trainer API exec: stdout and stderr kept per call, each (head and tail)."
+    )
+    max_timeout_s: float = Field(3600.0, gt=0, description="Trainer API exec: cap on the deadline a call may ask for.")
+
+
+class FilesSettings(BaseModel):
+    max_upload_bytes: int = Field(
+        512 * 1024**2, ge=0, description="Trainer API: largest upload body (a file or a tar stream); more is 413."
+    )
+    max_download_bytes: int = Field(
+        512 * 1024**2, ge=0, description="Trainer API: largest download (a file, or a directory's tar); more is 413."
+    )
+    timeout_s: float = Field(
+        600.0, gt=0, description="Trainer API: how long the sandbox may take to write or read one transfer."
+    )
+
+
 class LimitSettings(BaseModel):
     memory_bytes: int = Field(1024**3, ge=64 * 1024**2, description="Memory limit of a sandbox container (no swap).")
     cpus: float = Field(1.0, gt=0, description="CPU limit of a sandbox container.")
@@ -146,6 +165,17 @@ class Settings(BaseSettings):
     worker_metrics_host: str = Field(
         "127.0.0.1", description="Address of the worker's /metrics (0.0.0.0 in a pod, for the PodMonitor)."
     )
+    worker_data_host: str = Field(
+        "127.0.0.1",
+        description="Address the worker's data port binds (the trainer API's file bytes straight from the API); "
+        "empty turns it off: the bytes then go through Redis.",
+    )
+    worker_data_port: int = Field(0, ge=0, description="Port of the worker's data port; 0: any free port.")
+    worker_data_advertise: str = Field(
+        "",
+        description="Address the API reaches the data port at (default: the bound one); needed when it binds "
+        "0.0.0.0, e.g. the pod IP, else the bytes go through Redis.",
+    )
     api_host: str = Field("127.0.0.1", description="Address the API binds.")
     api_port: int = Field(8000, description="Port the API binds.")
     api_workers: int = Field(
@@ -159,6 +189,8 @@ class Settings(BaseSettings):
 
     shell: ShellSettings = ShellSettings()
     output: OutputSettings = OutputSettings()
+    exec: ExecSettings = ExecSettings()
+    files: FilesSettings = FilesSettings()
     limits: LimitSettings = LimitSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     timeouts: TimeoutSettings = TimeoutSettings()

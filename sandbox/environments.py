@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from . import harbor, workspaces
 from .config import Settings
-from .domain.environment import DEFAULT, Environment, EnvironmentSpec, check_name, digest_of
-from .domain.errors import SandboxError, UnknownEnvironment, WorkspaceInvalid
+from .domain.environment import DEFAULT, DEFAULT_RUNTIME, Environment, EnvironmentSpec, check_name, digest_of
+from .domain.errors import SandboxError, UnknownEnvironment, UnsupportedRuntime, WorkspaceInvalid
+from .domain.hosts import views
 from .store import Store
 
 
@@ -51,6 +52,7 @@ class EnvironmentRegistry:
             source_path = str(resolved)
             source_digest = workspaces.fingerprint(ws.type, resolved, commit)
             files = workspaces.list_files(ws.type, resolved, commit)
+        self._check_runtime(spec)
         if spec.tests is not None and spec.tests.dir is not None:  # read at grade time: checked now
             hidden = workspaces.confine(spec.tests.dir, self.settings.workspace_root_list)
             if not hidden.is_dir():
@@ -68,6 +70,18 @@ class EnvironmentRegistry:
         )
         self.store.environments.save(env, files)
         return env
+
+    def _check_runtime(self, spec: EnvironmentSpec) -> None:
+        """Refuse, now, an environment whose runtime no registered host offers: its rollouts could
+        only ever fail to provision (retryable 503s forever). runc is every engine's default."""
+        if spec.runtime == DEFAULT_RUNTIME:
+            return
+        offering = [v.host_id for v in views(self.store.hosts.registrations()).values() if spec.runtime in v.runtimes]
+        if not offering:
+            raise UnsupportedRuntime(
+                f"runtime {spec.runtime!r}: no sandbox host offers it (set up gVisor on the hosts: "
+                "deploy/install.sh installs Debian's runsc and deploy/deps.sh registers it with the engine)"
+            )
 
     def get(self, name: str) -> Environment:
         """The named environment; `default` exists even when nobody registered it. Raises UnknownEnvironment."""
@@ -141,7 +155,7 @@ class EnvironmentRegistry:
             "registered_at": env.registered_at or None,
             "preparation": self.store.environments.preparation(env.name),
             "pool": self.pool_view(env),
-            **({"instruction": env.instruction} if env.spec.task is not None else {}),
+            "instruction": env.instruction if env.spec.task is not None else None,
         }
 
     def pool_view(self, env: Environment) -> dict[str, dict[str, int]]:

@@ -1,6 +1,6 @@
 """Prometheus metrics. Names: `sandbox_` prefix, base units, counters end in `_total`.
 
-Label values come from closed lists (outcomes.py, TOOLS and the tuples below) and every
+Label values come from closed lists (outcomes.py, CALL_KINDS and the tuples below) and every
 known combination starts at zero, so a rate() is defined before the first failure. Never a
 rollout id, path or digest as a label. docs/metrics.md is the catalogue.
 
@@ -23,7 +23,7 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from . import __version__
 from .domain.hosts import STATUSES, HostView
-from .domain.outcomes import OUTCOME_REASONS, TOOLS, InfraReason
+from .domain.outcomes import CALL_KINDS, OUTCOME_REASONS, InfraReason
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CALL_COUNT_BUCKETS = (0, 1, 2, 4, 6, 8, 10, 15, 20, 30, 50, 100, 200)
@@ -49,6 +49,14 @@ TOOL_CALLS = Counter(
 TOOL_CALL_DURATION = Histogram(
     "sandbox_tool_call_duration_seconds", "Time from request in to answer out.", ["tool"], buckets=LATENCY_BUCKETS
 )
+# --- the trainer API's file transfers (API); direction: upload | download; via: direct (the
+# worker's data port) | store (Redis, where no data port is in reach) ---
+TRANSFER_DIRECTIONS = ("upload", "download")
+TRANSFER_VIAS = ("direct", "store")
+TRANSFER_BYTES = Counter(
+    "sandbox_transfer_bytes_total", "Bytes moved into or out of sandboxes by the trainer API's files routes.",
+    ["direction", "via"],
+)  # fmt: skip
 # --- provisioning and hosts (worker) ---
 PROVISIONS = Counter("sandbox_provisions_total", "Sandboxes provisioned, by source and result.", ["source", "result"])
 PROVISION_DURATION = Histogram(
@@ -110,7 +118,10 @@ GRADED_TOOL_CALLS = Histogram(
 
 def init_metrics() -> None:
     """Create every labelled series at zero."""
-    for tool in TOOLS:
+    for direction in TRANSFER_DIRECTIONS:
+        for via in TRANSFER_VIAS:
+            TRANSFER_BYTES.labels(direction, via)
+    for tool in CALL_KINDS:
         TOOL_CALL_DURATION.labels(tool)
         for outcome, reason in OUTCOME_REASONS:
             TOOL_CALLS.labels(tool, outcome, reason)

@@ -1,9 +1,10 @@
-"""Benchmarks against a running stack: `python -m tools.bench latency|environment|burst|fork|grading`.
+"""Benchmarks against a running stack: `python -m tools.bench latency|environment|burst|fork|grading|runtime|client`.
 
 This module is the entry point: the command line and nothing else. Each subcommand lives in a
 module of its own: `latency` in bench_latency.py, `environment` in bench_environment.py, and
 `burst` in burst.py (which measures with the burst_* modules and reports with burst_report.py), and
-`fork` in bench_fork.py, and `grading` in bench_grading.py.
+`fork` in bench_fork.py, `grading` in bench_grading.py, `runtime` in bench_runtime.py, and `client`
+(the SDK's overhead, files against docker cp) in bench_client.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tools.bench_client import run_client
 from tools.bench_environment import run_environment
 from tools.bench_fork import run_fork
 from tools.bench_grading import run_grading
 from tools.bench_latency import run_latency
+from tools.bench_runtime import run_runtime
 from tools.burst import run_burst
 
 
@@ -84,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grd.add_argument("--json", type=Path, default=Path("docs/benchmarks-grading.json"))
     grd.set_defaults(func=run_grading)
+    rtm = kinds.add_parser("runtime", help="what gVisor (runsc) costs against runc, first calls and calls")
+    rtm.add_argument("--url", default="http://127.0.0.1:8000")
+    rtm.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else .run/api-token")
+    rtm.add_argument("--rollouts", type=int, default=10, help="new rollouts per runtime, one after another")
+    rtm.add_argument("--calls", type=int, default=100, help="calls on one rollout per runtime")
+    rtm.add_argument("--json", type=Path, default=Path("docs/benchmarks-runtime.json"))
+    rtm.set_defaults(func=run_runtime)
+    cli = kinds.add_parser("client", help="the Python SDK's overhead per call, and file transfers against docker cp")
+    cli.add_argument("--url", default="http://127.0.0.1:8000")
+    cli.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else .run/api-token")
+    cli.add_argument("--calls", type=int, default=300, help="exec calls through each of the SDK and raw httpx")
+    cli.add_argument("--warmup", type=int, default=20, help="calls of each not counted")
+    cli.add_argument("--megabytes", type=int, default=50, help="size of the tree moved in and out")
+    cli.add_argument("--files", type=int, default=200, help="files in the tree")
+    cli.add_argument("--rounds", type=int, default=5, help="transfer rounds, each side once per round")
+    cli.add_argument("--json", type=Path, default=Path("docs/benchmarks-client.json"))
+    cli.set_defaults(func=run_client)
     return parser
 
 

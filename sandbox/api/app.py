@@ -11,7 +11,7 @@ from ..config import Settings, get_settings
 from ..environments import load_file
 from .context import ApiContext
 from .errors import install_error_handlers
-from .routes import environments, grade, ops, rollouts, tools
+from .routes import environments, grade, ops, rollouts, tools, trainer
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(tools.router)
     app.include_router(rollouts.router)
+    app.include_router(trainer.router)
     app.include_router(environments.router)
     app.include_router(grade.router)
     if settings.environments_file is not None:

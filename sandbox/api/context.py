@@ -19,6 +19,7 @@ from .grading_service import GradingService
 from .rollout_service import RolloutService
 from .state import state_snapshot
 from .tool_service import ToolService
+from .trainer_service import TrainerService
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ApiContext:
     registry: EnvironmentRegistry
     grading: GradingService
     forks: ForkService
+    trainer: TrainerService
     # Tool calls block on Redis while the sandbox works; each holds a thread, so the
     # limit is how many calls one API process keeps in flight.
     limiter: anyio.CapacityLimiter
@@ -53,5 +55,6 @@ class ApiContext:
         tools = ToolService(store, dispatcher, rollouts, settings, registry)
         grading = GradingService(store, registry, rollouts, settings)
         forks = ForkService(store, dispatcher, settings, rollouts)
+        trainer = TrainerService(store, tools, settings)
         limiter = anyio.CapacityLimiter(threads)
-        return cls(settings, store, celery, dispatcher, rollouts, tools, registry, grading, forks, limiter)
+        return cls(settings, store, celery, dispatcher, rollouts, tools, registry, grading, forks, trainer, limiter)

@@ -182,7 +182,9 @@ class GradingService:
         plan: TestPlan | None = None,
     ) -> dict[str, Any]:
         rid = rec.rollout_id
-        trajectory = self.store.calls.trajectory(rid)
+        # The agent's calls only: a trainer's exec and file calls (setup, evaluation) are recorded
+        # in the same trajectory but are neither the agent's moves nor its answer.
+        trajectory = [c for c in self.store.calls.trajectory(rid) if c.get("source", "agent") == "agent"]
         tool_calls = sum(1 for c in trajectory if c.get("outcome") != Outcome.INFRA_ERROR)
         g = self.settings.grading
         graders: dict[str, dict[str, Any]] = {}

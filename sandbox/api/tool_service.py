@@ -31,6 +31,7 @@ from ..domain.errors import (
 from ..domain.messages import READ_FILE_DEADLINE_S, CallRequest
 from ..domain.outcomes import ModelReason, Outcome
 from ..domain.rollout import RolloutRecord, environment_of
+from ..domain.trainer import AGENT, ExecArgs, TrainerArgs
 from ..endings import mark_lost, taint
 from ..environments import EnvironmentRegistry
 from ..store import Store
@@ -105,7 +106,8 @@ class ToolService:
         if not self.store.calls.claim(call.rollout_id, call.call_id, stale_s=self._call_budget_s(args_or_problem)):
             ticket.release()  # waiting for another attempt's result is not CPU work
             return self._wait_for_duplicate(call)
-        limit = env.spec.max_tool_calls
+        # Only the agent's calls spend its budget: a trainer's setup and evaluation are not its moves.
+        limit = env.spec.max_tool_calls if call.source == AGENT else None
         if limit is not None and not self.store.calls.consume_budget(call.rollout_id, limit):
             message = (
                 f"{call.tool}: the tool-call budget of this rollout ({limit} calls) is used up; give your final answer"
@@ -124,7 +126,9 @@ class ToolService:
             self._record_infra(call, exc, had_sandbox=now.served)
             raise
 
-    def _validate(self, call: ToolCall, env: Environment) -> ShellArgs | ReadFileArgs | str:
+    def _validate(self, call: ToolCall, env: Environment) -> ShellArgs | ReadFileArgs | TrainerArgs | str:
+        if call.args is not None:  # the trainer API's, checked by the API already (4xx, not the model's)
+            return call.args  # type: ignore[no-any-return]
         if call.arguments is None:
             return f"{call.tool}: {call.arguments_error}"
         if call.tool == "shell":
@@ -137,8 +141,8 @@ class ToolService:
             )
         return validate_read_file(call.arguments)
 
-    def _call_budget_s(self, args: ShellArgs | ReadFileArgs) -> float:
-        timeout = args.timeout_s if isinstance(args, ShellArgs) else READ_FILE_DEADLINE_S
+    def _call_budget_s(self, args: ShellArgs | ReadFileArgs | TrainerArgs) -> float:
+        timeout = READ_FILE_DEADLINE_S if isinstance(args, ReadFileArgs) else args.timeout_s
         t = self.settings.timeouts
         return t.provision_s + t.queue_s + timeout + 60.0
 
@@ -146,11 +150,12 @@ class ToolService:
         self,
         call: ToolCall,
         host: str,
-        args: ShellArgs | ReadFileArgs,
+        args: ShellArgs | ReadFileArgs | TrainerArgs,
         env: Environment,
         first: bool,
         queued: Callable[[], None],
     ) -> CallResult:
+        cap = env.spec.output_cap_bytes or self.settings.output.cap_bytes
         request = CallRequest(
             reply_id=uuid.uuid4().hex,
             rollout_id=call.rollout_id,
@@ -159,7 +164,8 @@ class ToolService:
             tool=call.tool,
             args=args,
             raw_arguments=call.raw_arguments,
-            output_cap=env.spec.output_cap_bytes or self.settings.output.cap_bytes,
+            output_cap=self.settings.exec.output_cap_bytes if isinstance(args, ExecArgs) else cap,
+            source=call.source,
         )
         queue_s = self.settings.timeouts.queue_s
         wait_s = queue_s + request.run_deadline_s + self.settings.timeouts.reply_slack_s
@@ -229,6 +235,7 @@ class ToolService:
             started_at=now,
             finished_at=now,
             extra=extra or {},
+            source=call.source,
         )
 
     def _record_infra(self, call: ToolCall, exc: InfraError, *, had_sandbox: bool) -> None:

@@ -7,11 +7,12 @@ unit tests, held to the same contract tests (tests/contract/) as the Docker back
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from ..domain.container import ImageInfo, SandboxInfo, SandboxSpec
 from ..guest.guest_protocol import Request
+from ..guest.guest_protocol_stream import DownloadRequest, UploadRequest
 
 
 class Backend(Protocol):
@@ -35,6 +36,19 @@ class Backend(Protocol):
         """
         ...
 
+    def upload(self, name: str, header: UploadRequest, chunks: Iterable[bytes], timeout_s: float) -> dict[str, Any]:
+        """Send the upload request and its bytes to the container's guest; its reply
+        (sandbox/guest/guest_protocol_stream.py). Raises SandboxLost, EngineUnavailable, InternalError.
+        """
+        ...
+
+    def download(
+        self, name: str, header: DownloadRequest, sink: Callable[[bytes], None], timeout_s: float
+    ) -> dict[str, Any]:
+        """Send the download request; hand the bytes to `sink` as they come; return the reply
+        (its status says whether they are the whole thing). Raises as `upload`."""
+        ...
+
     def destroy(self, name: str) -> bool:
         """Remove the container; True if it existed. Idempotent."""
         ...
@@ -45,6 +59,10 @@ class Backend(Protocol):
 
     def ping(self) -> None:
         """Raises EngineUnavailable when the engine does not answer."""
+        ...
+
+    def runtimes(self) -> tuple[str, ...]:
+        """The OCI runtimes this engine can run containers with (runc, and runsc when gVisor is set up)."""
         ...
 
     def image_id(self, name: str) -> str | None:

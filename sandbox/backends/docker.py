@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,8 @@ from docker.types import Mount
 from ..domain.container import LABEL_ROLLOUT, LABEL_USER, ImageInfo, SandboxInfo, SandboxSpec
 from ..domain.errors import EngineUnavailable, InternalError, ProvisionFailed, SandboxLost
 from ..guest.guest_protocol import PING, Request
+from ..guest.guest_protocol_stream import DownloadRequest, UploadRequest
+from . import guest_stream
 from .guest_client import GuestProtocolError, GuestUnreachable, call_guest
 
 GUEST_MOUNT = "/opt/sandbox-guest"
@@ -110,6 +112,7 @@ class DockerBackend:
                     cap_drop=["ALL"],
                     cap_add=GUEST_CAPABILITIES,
                     security_opt=["no-new-privileges"],
+                    runtime=None if spec.runtime == "runc" else spec.runtime,  # None: the engine's default
                     pids_limit=spec.pids,
                     mem_limit=spec.memory_bytes,
                     memswap_limit=spec.memory_bytes,
@@ -184,6 +187,10 @@ class DockerBackend:
     def ping(self) -> None:
         with _engine_errors():
             self.client.ping()
+
+    def runtimes(self) -> tuple[str, ...]:
+        with _engine_errors():
+            return tuple(sorted((self.client.info().get("Runtimes") or {}).keys()))
 
     def image_id(self, name: str) -> str | None:
         try:
@@ -273,6 +280,19 @@ class DockerBackend:
         container = self._require_running(name)
         self.on_fallback()
         return self._exec_once(container, payload)
+
+    # --- byte streams to the guest (the trainer API's uploads and downloads; no exec fallback) ---
+    def upload(self, name: str, header: UploadRequest, chunks: Iterable[bytes], timeout_s: float) -> dict[str, Any]:
+        sock = self.socket_dir(name) / SOCKET_NAME
+        send = lambda: guest_stream.upload(sock, header, chunks, timeout_s + REPLY_SLACK_S)  # noqa: E731
+        return guest_stream.guarded(sock, send, lambda: self._require_running(name))
+
+    def download(
+        self, name: str, header: DownloadRequest, sink: Callable[[bytes], None], timeout_s: float
+    ) -> dict[str, Any]:
+        sock = self.socket_dir(name) / SOCKET_NAME
+        send = lambda: guest_stream.download(sock, header, sink, timeout_s + REPLY_SLACK_S)  # noqa: E731
+        return guest_stream.guarded(sock, send, lambda: self._require_running(name))
 
     def _require_running(self, name: str) -> Any:
         container = self._get(name)

@@ -38,6 +38,8 @@ class ToolCall:
     raw_arguments: Any
     item: dict[str, Any] | None
     arguments_error: str = ""  # why `arguments` is None: a model error, answered 200
+    source: str = "agent"  # trainer: recorded, but outside the tool budget and what graders count
+    args: Any = None  # arguments the API checked already (the trainer API's: domain/trainer.py)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class CallResult:
     started_at: float = 0.0
     finished_at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    source: str = "agent"  # who made the call: agent (a tool call) or trainer (domain/trainer.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

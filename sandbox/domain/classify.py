@@ -60,6 +60,51 @@ def tests_outcome(reply: Mapping[str, Any]) -> tuple[str, str, str]:
     return Outcome.OK, OK_REASON, str(reply.get("output", ""))
 
 
+def exec_outcome(reply: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(outcome, reason, note) of the trainer API's exec, by shell's evidence; the note (why it
+    ended that way, "" when it exited by itself) goes to the answer's stderr only if it never ran."""
+    if "error" in reply:
+        if reply.get("pids_exhausted"):
+            return Outcome.MODEL_ERROR, ModelReason.PIDS_EXHAUSTED, f"could not start the command: {PIDS_FULL}"
+        raise InternalError(f"guest could not run the command: {reply['error']}")
+    if reply.get("timed_out"):
+        return Outcome.MODEL_ERROR, ModelReason.TIMEOUT, ""
+    if reply.get("oom_killed"):
+        return Outcome.MODEL_ERROR, ModelReason.OOM_KILLED, ""
+    if reply.get("signal") or reply.get("exit_code") not in (0, None):
+        return Outcome.MODEL_ERROR, ModelReason.NONZERO_EXIT, ""
+    return Outcome.OK, OK_REASON, ""
+
+
+TRANSFER_STATUS_REASONS = {
+    "not_found": ModelReason.FILE_NOT_FOUND,
+    "not_a_directory": ModelReason.NOT_A_DIRECTORY,
+    "is_a_directory": ModelReason.IS_A_DIRECTORY,
+    "not_a_regular_file": ModelReason.NOT_A_REGULAR_FILE,
+    "permission_denied": ModelReason.PERMISSION_DENIED,
+    "no_space": ModelReason.NO_SPACE,
+    "invalid_archive": ModelReason.INVALID_ARCHIVE,
+    "too_large": ModelReason.TOO_LARGE,
+    "timed_out": ModelReason.TIMEOUT,
+    "failed": ModelReason.TRANSFER_FAILED,
+}
+
+
+def transfer_outcome(reply: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(outcome, reason, message) of an upload or a download. What the sandbox's state made of it
+    (a missing path, a full disk, a tree too large) is not ours: the writer or reader ran as the
+    user and said so. A guest error reply (a request it refused) is ours."""
+    if "error" in reply:
+        raise InternalError(f"guest refused the transfer: {reply['error']}")
+    status = reply.get("status")
+    if status == "ok":
+        return Outcome.OK, OK_REASON, ""
+    reason = TRANSFER_STATUS_REASONS.get(str(status))
+    if reason is None:
+        raise InternalError(f"guest answered a transfer with unknown status {status!r}")
+    return Outcome.MODEL_ERROR, reason, str(reply.get("message") or status)
+
+
 # pids_exhausted: the guest could not start a process or thread (EAGAIN). Only the model's
 # processes can fill the container's process table: nothing else runs there.
 PIDS_FULL = "the sandbox's process limit is used up by its running processes"

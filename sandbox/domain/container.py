@@ -42,6 +42,7 @@ class SandboxSpec:
     pids: int
     workdir: str
     user: str
+    runtime: str = "runc"  # the engine's OCI runtime: runc, or runsc (gVisor)
 
 
 @dataclass(frozen=True)
@@ -127,4 +128,5 @@ def container_spec(
         # An environment with its own workspace or image says where work happens.
         workdir=workdir or (env.spec.workdir if env.spec.workspace or env.spec.image else s.workdir),
         user=s.sandbox_user,
+        runtime=env.spec.runtime,
     )

@@ -20,6 +20,8 @@ from .tests import TestsSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT = "default"  # the environment that exists unregistered: the service's sandbox image
+Runtime = Literal["runc", "runsc"]
+DEFAULT_RUNTIME: Runtime = "runc"
 
 
 class WorkspaceSpec(BaseModel):
@@ -64,6 +66,9 @@ class EnvironmentSpec(BaseModel):
     max_tool_calls: int | None = Field(None, ge=1)
     warm_pool_size: int = Field(0, ge=0, le=5000, description="pre-started containers kept ready on each host")
     tests: TestsSpec | None = Field(None, description="defaults for the tests grader (PROTOCOL.md), e.g. dir + command")
+    runtime: Runtime = Field(
+        "runc", description="runc (default) or runsc (gVisor: a user-space kernel between the agent and the host's)"
+    )
 
     @model_validator(mode="after")
     def _storable(self) -> EnvironmentSpec:

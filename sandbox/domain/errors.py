@@ -87,6 +87,12 @@ class WorkspaceInvalid(BadRequest):
     code = "invalid_workspace"
 
 
+class UnsupportedRuntime(BadRequest):
+    """An environment asks for a container runtime no sandbox host offers: it could never run."""
+
+    code = "unsupported_runtime"
+
+
 class InvalidGradeRequest(BadRequest):
     """The grade request or its dataset row cannot be graded as written."""
 
@@ -152,6 +158,73 @@ class CallIdConflict(SandboxError):
     code = "call_id_conflict"
     http_status = 409
     retryable = False
+
+
+# --- the trainer API's file transfers (4xx): the sandbox's state, or the request, not ours ---
+
+
+class FileNotFound(SandboxError):
+    """No such file or directory in the sandbox."""
+
+    code = "file_not_found"
+    http_status = 404
+
+
+class FilePermissionDenied(SandboxError):
+    """The sandbox user may not read or write that path."""
+
+    code = "permission_denied"
+    http_status = 403
+
+
+class IsADirectory(SandboxError):
+    code = "is_a_directory"
+    http_status = 409
+
+
+class NotADirectory(SandboxError):
+    code = "not_a_directory"
+    http_status = 409
+
+
+class NotARegularFile(SandboxError):
+    code = "not_a_regular_file"
+    http_status = 409
+
+
+class InvalidArchive(BadRequest):
+    """The body sent as application/x-tar is not a tar stream."""
+
+    code = "invalid_archive"
+
+
+class NoSpace(SandboxError):
+    """The sandbox's disk (or its limit) is full: the upload does not fit."""
+
+    code = "no_space"
+    http_status = 413
+
+
+class DownloadTooLarge(SandboxError):
+    """The file or directory is larger than a download may be."""
+
+    code = "download_too_large"
+    http_status = 413
+
+
+class TransferTimedOut(SandboxError):
+    """The sandbox did not take (or give) the bytes in time."""
+
+    code = "transfer_timed_out"
+    http_status = 408
+    retryable = True
+
+
+class TransferFailed(SandboxError):
+    """The sandbox's writer or reader failed; the message has its own words."""
+
+    code = "transfer_failed"
+    http_status = 409
 
 
 # --- infrastructure failures (5xx): the trainer retries, then discards the rollout -------

@@ -54,6 +54,11 @@ class HostView:
         return int(self.info.get("containers") or 0)
 
     @property
+    def runtimes(self) -> frozenset[str]:
+        """The OCI runtimes its engine offers (runc; runsc where gVisor is set up)."""
+        return frozenset(r for r in (self.info.get("runtimes") or "runc").split(",") if r)
+
+    @property
     def room(self) -> float:
         """Containers it can still take; unlimited when it has no capacity set."""
         return float("inf") if self.capacity <= 0 else self.capacity - self.containers
@@ -102,6 +107,7 @@ class HostView:
             "heartbeat_age_s": round(self.heartbeat_age_s, 1),
             "containers": self.containers,
             "capacity": self.capacity or None,
+            "runtimes": sorted(self.runtimes),
         }
 
 

@@ -1,10 +1,10 @@
 """Messages between the API and the workers, each defined once and used by both sides.
 
-A tool call crosses processes twice: the API queues a `CallRequest` on the call queue of
-the host that owns the rollout's container (sandbox/store/queues.py), and the worker that
-ran it pushes a `CallReply` to the list the API blocks on. Both travel as JSON; the field
-names on the wire are the ones below (API replicas and workers of one release must agree,
-so renaming a field is a protocol change).
+A tool call (or a trainer API call, domain/trainer.py) crosses processes twice: the API queues
+a `CallRequest` on the call queue of the host that owns the rollout's container
+(sandbox/store/queues.py), and the worker that ran it pushes a `CallReply` to the list
+the API blocks on. Both travel as JSON; the field names on the wire are the ones below (API
+replicas and workers of one release must agree, so renaming a field is a protocol change).
 
 The worker <-> guest messages are in sandbox/guest/guest_protocol.py, which the guest
 itself imports (it runs inside the container and may only use the standard library).
@@ -19,6 +19,7 @@ from .calls import CallResult, ReadFileArgs, ShellArgs
 from .errors import InfraError, infra_error_from_reason
 from .outcomes import InfraReason
 from .tests import TestRunArgs
+from .trainer import AGENT, DOWNLOAD_TOOL, EXEC_TOOL, UPLOAD_TOOL, DownloadArgs, ExecArgs, TrainerArgs, UploadArgs
 
 TESTS_TOOL = "tests"  # a grading test run travels as a call of this pseudo-tool (never an agent's)
 
@@ -35,16 +36,17 @@ class CallRequest:
     call_id: str
     item_id: Any  # the payload's opaque `id`, echoed back in the result
     tool: str
-    args: ShellArgs | ReadFileArgs | TestRunArgs
+    args: ShellArgs | ReadFileArgs | TestRunArgs | TrainerArgs
     raw_arguments: Any  # as the model wrote them, for the trajectory
-    output_cap: int
+    output_cap: int  # exec: per stream
     queued_at: float = 0.0
     expires_at: float = 0.0  # not started by then: answered queue_timeout, never run
+    source: str = AGENT  # agent | trainer (domain/trainer.py), recorded with the result
 
     @property
     def run_deadline_s(self) -> float:
-        """How long the command may run once started."""
-        return self.args.timeout_s if isinstance(self.args, ShellArgs | TestRunArgs) else READ_FILE_DEADLINE_S
+        """How long the command (or transfer) may run once started."""
+        return READ_FILE_DEADLINE_S if isinstance(self.args, ReadFileArgs) else self.args.timeout_s
 
     def queued(self, now: float, expires_s: float) -> CallRequest:
         """This request stamped with when it was queued and when it expires."""
@@ -53,7 +55,7 @@ class CallRequest:
     def to_wire(self) -> dict[str, Any]:
         if isinstance(self.args, ShellArgs):
             arguments: dict[str, Any] = {"command": self.args.command, "timeout_s": self.args.timeout_s}
-        elif isinstance(self.args, TestRunArgs):
+        elif isinstance(self.args, TestRunArgs | ExecArgs | UploadArgs | DownloadArgs):
             arguments = self.args.to_wire()
         else:
             arguments = {"path": self.args.path, "start_line": self.args.start_line, "end_line": self.args.end_line}
@@ -68,15 +70,17 @@ class CallRequest:
             "output_cap": self.output_cap,
             "queued_at": self.queued_at,
             "expires_at": self.expires_at,
+            "source": self.source,
         }
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> CallRequest:
         a = data["arguments"]
-        args: ShellArgs | ReadFileArgs | TestRunArgs
-        if data["tool"] == TESTS_TOOL:
-            args = TestRunArgs.from_wire(a)
-        elif data["tool"] == "shell":
+        args: ShellArgs | ReadFileArgs | TestRunArgs | TrainerArgs
+        tool = data["tool"]
+        if tool in WIRE_ARGS:
+            args = WIRE_ARGS[tool].from_wire(a)
+        elif tool == "shell":
             args = ShellArgs(command=a["command"], timeout_s=float(a["timeout_s"]))
         else:
             args = ReadFileArgs(path=a["path"], start_line=a.get("start_line"), end_line=a.get("end_line"))
@@ -91,7 +95,16 @@ class CallRequest:
             output_cap=int(data["output_cap"]),
             queued_at=float(data.get("queued_at") or 0.0),
             expires_at=float(data.get("expires_at") or 0.0),
+            source=str(data.get("source") or AGENT),
         )
+
+
+WIRE_ARGS: dict[str, Any] = {
+    TESTS_TOOL: TestRunArgs,
+    EXEC_TOOL: ExecArgs,
+    UPLOAD_TOOL: UploadArgs,
+    DOWNLOAD_TOOL: DownloadArgs,
+}
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,12 @@ class ModelReason(StrEnum):
     OOM_KILLED = "oom_killed"
     PIDS_EXHAUSTED = "pids_exhausted"
     TESTS_SETUP_FAILED = "tests_setup_failed"  # grading: the hidden tests could not be put in (e.g. disk full)
+    # The trainer API's file transfers (domain/trainer.py), answered 4xx: the sandbox's own state.
+    NOT_A_DIRECTORY = "not_a_directory"
+    NO_SPACE = "no_space"
+    INVALID_ARCHIVE = "invalid_archive"
+    TOO_LARGE = "too_large"
+    TRANSFER_FAILED = "transfer_failed"
 
 
 class InfraReason(StrEnum):
@@ -50,6 +56,9 @@ class InfraReason(StrEnum):
 
 OK_REASON = "none"
 TOOLS = ("shell", "read_file")
+# Every kind of call a trajectory holds and the `tool` label counts: the tools, and the trainer
+# API's exec, upload and download (domain/trainer.py).
+CALL_KINDS = (*TOOLS, "exec", "upload", "download")
 
 # Every (outcome, reason) pair a tool call can end with, for zero-initialised metrics.
 OUTCOME_REASONS: tuple[tuple[str, str], ...] = (

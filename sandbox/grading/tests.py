@@ -27,6 +27,7 @@ class RunReport:
     """What the runner said, per test id: one of PASSED, FAILED, ERROR, SKIPPED."""
 
     statuses: dict[str, str] = field(default_factory=dict)
+    plugin_ids: set[str] = field(default_factory=set)  # the ids the pytest plugin reported (node ids)
     collect_errors: list[str] = field(default_factory=list)  # pytest node ids of modules that did not import
     pytest_started: bool = False
     pytest_finished: bool = False
@@ -71,6 +72,7 @@ def read_run(reports: str, junit: list[str]) -> RunReport:
                 seen[when] = outcome
     for nodeid, seen in phases.items():
         run.note(nodeid, _pytest_status(seen))
+        run.plugin_ids.add(nodeid)
     for text in junit:
         for test_id, status in _junit_statuses(text):
             run.note(test_id, status)
@@ -119,9 +121,10 @@ def score_tests(plan: TestPlan, outcome: str, reason: str, output: str, run: dic
     if plan.listed:
         for test_id in dict.fromkeys(plan.listed):
             (passed if report.status_of(test_id) == PASSED else failed).append(test_id)
-    else:
-        passed = [t for t, s in report.statuses.items() if s == PASSED]
-        failed = [t for t, s in report.statuses.items() if s != PASSED] + report.collect_errors
+    else:  # every test the run reported; under pytest by node id only (its JUnit file names the same tests)
+        ids = report.plugin_ids if report.pytest_started else set(report.statuses)
+        passed = [t for t, s in report.statuses.items() if t in ids and s == PASSED]
+        failed = [t for t, s in report.statuses.items() if t in ids and s != PASSED] + report.collect_errors
     score, why = _score(plan, reason if outcome != "ok" else "", timed_out, exit_code, report, passed, failed, run)
     tests = {
         "passed": passed[:MAX_LISTED_IN_RESPONSE],

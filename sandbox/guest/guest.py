@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""In-container agent that runs the rollout's `shell` and `read_file` tools.
+"""In-container agent that runs the rollout's tools (`shell`, `read_file`) and the trainer API's ops.
 
 Stdlib only: it is bind-mounted read-only into arbitrary sandbox images and
 runs there as the container's main process, talking newline-delimited JSON to
@@ -25,23 +25,28 @@ from typing import TYPE_CHECKING, Any, Final, cast
 # imported as part of the sandbox.guest package.
 if TYPE_CHECKING or __package__:
     from .guest_common import BadRequest
+    from .guest_exec import run_exec
     from .guest_files import read_file
     from .guest_procs import become_subreaper
     from .guest_protocol import (
         MAX_REQUEST,
+        OP_EXEC,
         OP_PING,
         OP_READ_FILE,
         OP_RUN_TESTS,
         OP_SHELL,
         VERSION,
         ErrorReply,
+        ExecRequest,
         ReadFileRequest,
         Reply,
         RunTestsRequest,
         ShellRequest,
     )
+    from .guest_protocol_stream import STREAM_OPS
     from .guest_shell import resolve_identity, run_shell, warm_up
     from .guest_tests import run_tests
+    from .guest_transfer import serve_stream
 else:
     # Run as a script, Python has put this directory first on sys.path already; loaded
     # from its file otherwise (the unit tests), the directory may be missing there.
@@ -50,23 +55,28 @@ else:
     if _HERE not in sys.path:
         sys.path.insert(0, _HERE)
     from guest_common import BadRequest
+    from guest_exec import run_exec
     from guest_files import read_file
     from guest_procs import become_subreaper
     from guest_protocol import (
         MAX_REQUEST,
+        OP_EXEC,
         OP_PING,
         OP_READ_FILE,
         OP_RUN_TESTS,
         OP_SHELL,
         VERSION,
         ErrorReply,
+        ExecRequest,
         ReadFileRequest,
         Reply,
         RunTestsRequest,
         ShellRequest,
     )
+    from guest_protocol_stream import STREAM_OPS
     from guest_shell import resolve_identity, run_shell, warm_up
     from guest_tests import run_tests
+    from guest_transfer import serve_stream
 
 
 def handle(req: Any, workdir: str, user: str | None) -> Reply:
@@ -77,7 +87,9 @@ def handle(req: Any, workdir: str, user: str | None) -> Reply:
         op = req.get("op")
         if op == OP_PING:
             return {"ok": True, "version": VERSION, "pid": os.getpid()}
-        if op not in (OP_SHELL, OP_READ_FILE, OP_RUN_TESTS):
+        if op in STREAM_OPS:
+            raise BadRequest(f"{op} streams its bytes on a connection of its own: serve mode only")
+        if op not in (OP_SHELL, OP_READ_FILE, OP_RUN_TESTS, OP_EXEC):
             raise BadRequest(f"unknown op: {op}")
         try:
             ident = resolve_identity(user)
@@ -85,6 +97,8 @@ def handle(req: Any, workdir: str, user: str | None) -> Reply:
             return {"error": f"no such user: {user}"}
         if op == OP_SHELL:
             return run_shell(cast(ShellRequest, req), workdir, ident)
+        if op == OP_EXEC:
+            return run_exec(cast(ExecRequest, req), workdir, ident)
         if op == OP_RUN_TESTS:
             return run_tests(cast(RunTestsRequest, req), workdir, ident)
         return read_file(cast(ReadFileRequest, req), workdir, ident)
@@ -117,10 +131,26 @@ class Handler(socketserver.StreamRequestHandler):
                 except (ValueError, RecursionError):
                     resp = {"error": "request is not valid JSON"}
                 else:
+                    if isinstance(req, dict) and req.get("op") in STREAM_OPS:
+                        self.stream(req, server)  # bytes follow the line, or answer it
+                        return
                     resp = handle(req, server.workdir, server.user)
             self.wfile.write(encode(resp))
         except OSError:
             pass  # client went away or timed out; nothing to answer
+
+    def stream(self, req: dict[str, Any], server: GuestServer) -> None:
+        try:
+            ident = resolve_identity(server.user)
+        except KeyError:
+            self.wfile.write(encode({"error": f"no such user: {server.user}"}))
+            return
+        try:
+            serve_stream(req, self.rfile, self.wfile, server.workdir, ident)
+        except OSError:
+            raise
+        except Exception as exc:  # never let one request take the server down
+            self.wfile.write(encode({"error": f"internal error: {type(exc).__name__}: {exc}"}))
 
 
 # The answer to a request no thread could be started for. Threads count against the
@@ -187,7 +217,11 @@ def serve(sock_path: str, workdir: str, user: str | None) -> int:
         server = GuestServer(sock_path, workdir, user)
     finally:
         os.umask(old_umask)
-    os.chmod(sock_path, 0o600)
+    # gVisor (runsc --host-uds=create) makes the socket on the host and refuses a chmod or stat
+    # of it from inside. The umask above made it 0600 already, and its directory is the
+    # worker's 0700 one, which is what keeps the sandbox user away from it.
+    with contextlib.suppress(PermissionError):
+        os.chmod(sock_path, 0o600)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

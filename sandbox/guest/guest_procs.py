@@ -83,10 +83,12 @@ def spawn(
     env: Mapping[str, str],
     stderr: int | IO[Any],
     pass_fds: tuple[int, ...] = (),
+    stdin: int = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:
     """Start argv as the user, leader of a new process group, on record; retry EAGAIN for ~1 s.
 
-    Release it with `forget` once waited for. pass_fds: descriptors the child inherits.
+    Release it with `forget` once waited for. pass_fds: descriptors the child inherits;
+    stdin: /dev/null, or subprocess.PIPE for a writer the guest feeds (an upload).
     """
     switch: dict[str, Any] = (
         {}
@@ -101,7 +103,7 @@ def spawn(
                     [*ident.switch, *argv],
                     cwd=cwd,
                     env=env,
-                    stdin=subprocess.DEVNULL,
+                    stdin=stdin,
                     stdout=subprocess.PIPE,
                     stderr=stderr,
                     process_group=0,

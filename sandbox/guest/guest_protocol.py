@@ -145,6 +145,24 @@ run_tests -> RunTestsReply | ErrorReply  (grading; guest_tests.py has the steps 
     A failure to set the stage (e.g. no space left: the sandbox's own state) is
     {"error": "could not set up the tests: ...", "setup_failed": true}.
 
+exec -> ExecReply | ErrorReply  (the trainer API: guest_exec.py)
+    argv         list of strings, non-empty, no NUL: the program and its arguments (PATH
+                 looked up), or
+    command      string, no NUL: run as `bash -c COMMAND`. Exactly one of the two.
+    cwd          as shell's, except that a directory the user cannot enter is not replaced
+                 by another: the command does not run (exit 1, bash's message on stderr).
+    env          object of string -> string, or null: added to shell's environment (a name
+                 it has is replaced); names non-empty, without "=" or NUL.
+    timeout      as shell's. output_cap: as shell's, for stdout and for stderr each.
+    merge_stderr bool, default false: stderr shares stdout's pipe (interleaved as written).
+    stdin is /dev/null; shell's guarantees hold (group, deadline, sweep, OOM score).
+    reply: shell's, with stdout and stderr (each kept as shell's output is) for output, and
+      stdout_bytes, stderr_bytes, stdout_truncated_bytes, stderr_truncated_bytes for its sizes.
+    A command that could not be started: as shell's ("could not start the command: ...").
+
+upload, download: the request line is followed (upload) or answered (download) by a byte
+    stream; guest_protocol_stream.py defines both. Serve mode only.
+
 Errors
 ------
 Instead of its reply, any request can get ErrorReply {"error": "<message>"}: a request
@@ -212,6 +230,7 @@ OP_PING: Final = "ping"
 OP_SHELL: Final = "shell"
 OP_READ_FILE: Final = "read_file"
 OP_RUN_TESTS: Final = "run_tests"
+OP_EXEC: Final = "exec"
 
 MAX_REQUEST: Final = 4 * 1024 * 1024  # bytes of one request line, its newline included
 DEFAULT_TIMEOUT: Final = 60.0  # shell: seconds
@@ -297,6 +316,31 @@ class RunTestsReply(ShellReply):
     setup_ms: float
 
 
+class ExecRequest(TypedDict, total=False):
+    op: Required[Literal["exec"]]
+    argv: list[str] | None  # exactly one of argv and command
+    command: str | None
+    cwd: str | None
+    env: dict[str, str] | None
+    timeout: float | None
+    output_cap: int | None  # per stream
+    merge_stderr: bool | None
+
+
+class ExecReply(TypedDict):
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    oom_killed: bool
+    stdout: str
+    stderr: str
+    stdout_bytes: int
+    stderr_bytes: int
+    stdout_truncated_bytes: int
+    stderr_truncated_bytes: int
+    duration_ms: float
+
+
 class ErrorReply(TypedDict, total=False):
     error: Required[str]
     retryable: bool  # only when a command or reader could not be started, and NO_THREAD
@@ -304,8 +348,8 @@ class ErrorReply(TypedDict, total=False):
     setup_failed: bool  # run_tests: the stage could not be set (the sandbox's own state)
 
 
-Request = PingRequest | ShellRequest | ReadFileRequest | RunTestsRequest
-Reply = PingReply | ShellReply | ReadFileReply | RunTestsReply | ErrorReply
+Request = PingRequest | ShellRequest | ReadFileRequest | RunTestsRequest | ExecRequest
+Reply = PingReply | ShellReply | ReadFileReply | RunTestsReply | ExecReply | ErrorReply
 
 PING: Final[PingRequest] = {"op": OP_PING}
 
@@ -338,3 +382,9 @@ def run_tests_request(
         "files": files,
         "reward_file": reward_file,
     }
+
+
+def exec_request(argv: list[str] | None, command: str | None, **fields: object) -> ExecRequest:
+    """An exec request: argv, or command for bash -c (exactly one is not None); fields: cwd, env,
+    timeout, output_cap, merge_stderr."""
+    return {"op": OP_EXEC, "argv": argv, "command": command, **fields}  # type: ignore[typeddict-item]

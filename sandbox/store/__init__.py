@@ -11,6 +11,7 @@ is built there) and `scripts.py` holds every Lua script:
   store.hosts         host registrations (hosts.py)
   store.environments  environment definitions and preparation state (environments.py)
   store.grades        answers of gradings that ran tests, and their run-once claims (grades.py)
+  store.transfers     the trainer API's file bytes on their way between API and worker (transfers.py)
 
 Every method raises StoreUnavailable when Redis does not answer.
 """
@@ -23,7 +24,7 @@ import redis
 
 from ..clock import SYSTEM_CLOCK, Clock
 from .calls import CallStore
-from .connection import Connection, connect, translate_errors
+from .connection import Connection, binary_twin, connect, translate_errors
 from .environments import EnvironmentStore
 from .grades import GradeStore
 from .hosts import HostStore
@@ -31,6 +32,7 @@ from .keys import Keys
 from .pools import PoolStore
 from .queues import QueueStore
 from .rollouts import RolloutStore
+from .transfers import TransferStore
 
 __all__ = ["Store", "translate_errors"]
 
@@ -44,7 +46,8 @@ class Store:
         blocking: redis.Redis | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.connection = Connection(client, blocking or client, Keys(prefix), clock, int(retention_s))
+        raw = binary_twin(client)
+        self.connection = Connection(client, blocking or client, Keys(prefix), clock, int(retention_s), raw)
         self.rollouts = RolloutStore(self.connection)
         self.calls = CallStore(self.connection)
         self.queues = QueueStore(self.connection)
@@ -52,6 +55,7 @@ class Store:
         self.hosts = HostStore(self.connection)
         self.environments = EnvironmentStore(self.connection)
         self.grades = GradeStore(self.connection)
+        self.transfers = TransferStore(self.connection)
 
     @classmethod
     def from_url(

@@ -25,6 +25,8 @@ class Connection:
     keys: Keys
     clock: Clock
     retention_s: int  # how long an ended rollout's record and trajectory are kept
+    # Bytes as bytes (decode_responses=False): the trainer API's file transfers (transfers.py).
+    raw: Any = None
 
     def script(self, lua: str) -> Any:
         return self.r.register_script(lua)
@@ -40,6 +42,16 @@ def connect(url: str, max_connections: int) -> tuple[redis.Redis, redis.Redis]:
         url, max_connections=max_connections, socket_timeout=None, **common
     )
     return redis.Redis(connection_pool=pool), redis.Redis(connection_pool=blocking_pool)
+
+
+def binary_twin(client: redis.Redis, max_connections: int = 64) -> redis.Redis:
+    """A client to the same server that leaves replies as bytes (a decoding client would turn
+    a file's bytes into text, or fail on them)."""
+    kwargs = {**client.connection_pool.connection_kwargs, "decode_responses": False}
+    pool = redis.BlockingConnectionPool(
+        connection_class=client.connection_pool.connection_class, max_connections=max_connections, **kwargs
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 @contextmanager

@@ -21,6 +21,8 @@ Call queues and replies (queues.py):
   P:calls:{host}             list    JSON CallRequests of the other calls
   P:reply:{reply_id}         list    the worker's JSON CallReply to one call
   P:started:{reply_id}       string  set when a worker starts the call (worker_lost vs queue_timeout)
+Transfers (transfers.py), the trainer API's file bytes between the API and a worker:
+  P:xfer:{id}                list    the bytes in chunks of about 1 MiB, in order (expires)
 Warm pools (pools.py):
   P:pool:{env}:{host}        list    names of warm containers ready to be claimed
   P:refilling:{host}:{env}   string  a refill of that pool is under way
@@ -98,6 +100,9 @@ class Keys:
 
     def started(self, reply_id: str) -> str:
         return f"{self.p}:started:{reply_id}"
+
+    def transfer(self, transfer_id: str) -> str:
+        return f"{self.p}:xfer:{transfer_id}"
 
     # --- warm pools ---
     def pool(self, env: str, host: str) -> str:

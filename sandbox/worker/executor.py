@@ -21,9 +21,12 @@ from ..domain.messages import CallReply, CallRequest
 from ..domain.outcomes import InfraReason
 from ..domain.rollout import FAILED, PROVISIONING, READY, RolloutRecord
 from ..domain.tests import TestRunArgs
+from ..domain.trainer import DownloadArgs, ExecArgs, UploadArgs
 from ..endings import mark_lost
 from ..guest.guest_protocol import read_file_request, run_tests_request, shell_request
 from ..store import Store
+from .data_port import DataPort
+from .trainer_ops import TrainerOps
 
 # Slack over the output cap for the final cut: the guest's own omission marker fits in it.
 CAP_SLACK_BYTES = 256
@@ -37,6 +40,7 @@ class Executor:
     settings: Settings
     failures: FailureWindow | None = None  # engine failures here may quarantine the host
     clock: Clock = SYSTEM_CLOCK
+    data_port: DataPort | None = None  # the trainer API's transfers straight from the API (data_port.py)
 
     def execute(self, request: CallRequest) -> CallReply:
         """Run one dispatched call; return the reply the API waits for."""
@@ -87,6 +91,8 @@ class Executor:
         assert rec is not None
         args = request.args
         assert not isinstance(args, TestRunArgs)
+        if isinstance(args, ExecArgs | UploadArgs | DownloadArgs):  # the trainer API (trainer_ops.py)
+            return TrainerOps(self.store, self.backend, self.settings, self.clock, self.data_port).run(request, rec)
         cap = request.output_cap or self.settings.output.cap_bytes
         started = self.clock.time()
         reply: dict[str, Any]

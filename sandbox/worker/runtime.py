@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from functools import cached_property
@@ -17,6 +18,7 @@ from ..domain.hosts import FailureWindow, HostView, pick_host, views
 from ..environments import EnvironmentRegistry
 from ..store import Store
 from .call_queue import CallConsumers
+from .data_port import DataPort
 from .executor import Executor
 from .forker import Forker
 from .maintenance import HostWatch, Reaper, Reconciler
@@ -101,8 +103,14 @@ class WorkerRuntime:
         return Refiller(self.store, self.backend, self.settings, self.registry, self.preparer, self.creation_slots)
 
     @cached_property
+    def data_port(self) -> DataPort | None:
+        """The trainer API's file transfers straight from the API (data_port.py); None when off."""
+        s = self.settings
+        return DataPort(s.worker_data_host, s.worker_data_port, s.worker_data_advertise) if s.worker_data_host else None
+
+    @cached_property
     def executor(self) -> Executor:
-        return Executor(self.store, self.backend, self.settings, self.failures)
+        return Executor(self.store, self.backend, self.settings, self.failures, data_port=self.data_port)
 
     @cached_property
     def forker(self) -> Forker:
@@ -156,17 +164,21 @@ class WorkerRuntime:
         try:
             self.backend.ping()
             containers = len(self.backend.list(host_labels(self.settings)))
+            runtimes = ",".join(self.backend.runtimes())
             healthy = "1"
         except InfraError:
-            containers, healthy = 0, "0"
+            containers, healthy, runtimes = 0, "0", ""
         return {
             "queue": self.settings.host_queue,
             "engine_healthy": healthy,
             "capacity": h.capacity,
             "containers": containers,
+            "runtimes": runtimes,  # an environment asking for a runtime no host offers is refused
             "quarantined_until": self.failures.quarantined_until(),
             "down_after_s": h.heartbeat_s * h.down_after_beats,
             "started_at": self._started_at,
+            "data_addr": self.data_port.address if self.data_port is not None else "",  # the API's way here
+            "data_node": socket.gethostname(),  # a loopback data_addr means something only on this machine
         }
 
     def start_heartbeat(self) -> None:

@@ -109,6 +109,8 @@ def _on_worker_ready(**_: Any) -> None:
     port = rt.settings.worker_metrics_port
     if port:
         start_http_server(port, addr=rt.settings.worker_metrics_host)
+    if rt.data_port is not None:
+        rt.data_port.start()  # before the first heartbeat, which tells the API where it is
     rt.start_heartbeat()
     rt.call_consumers.start()
     if rt.refiller.forget_refills():

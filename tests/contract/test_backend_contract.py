@@ -24,8 +24,12 @@ from tests.stack import TEST_LABEL
 IMAGE = "rollout-sandbox:bookworm"
 
 
-@pytest.fixture(params=["docker", "in-memory"])
+RUNSC = "/usr/bin/runsc"  # Debian's gVisor, installed by deploy/install.sh
+
+
+@pytest.fixture(params=["docker", "docker-runsc", "in-memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The contract holds for the real engine under both runtimes (runc and gVisor) and for the fake."""
     if request.param == "in-memory":
         yield InMemoryBackend(images=[IMAGE])
         return
@@ -39,6 +43,14 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         docker_backend.ping()
     except Exception as exc:  # the contract needs the engine `make test` starts
         pytest.fail(f"no Docker engine for the contract tests: {exc}")
+    if request.param == "docker-runsc":
+        if not Path(RUNSC).exists():
+            pytest.skip("gVisor (runsc) is not installed here; deploy/install.sh installs it")
+        # Installed but not offered means deps.sh did not set the engine up: a failure, not a skip.
+        assert "runsc" in docker_backend.runtimes(), (
+            "runsc is installed but the engine does not offer it (deploy/deps.sh)"
+        )
+        docker_backend.contract_runtime = "runsc"  # type: ignore[attr-defined]
     session = uuid.uuid4().hex[:8]
     docker_backend.contract_session = session  # type: ignore[attr-defined]
     yield docker_backend
@@ -56,7 +68,8 @@ def spec_for(backend: Any, rollout_id: str | None = None) -> SandboxSpec:
         host_id="contract-host",
         extra_labels={TEST_LABEL: getattr(backend, "contract_session", "fake")},
     )
-    env = Environment(name="default", spec=EnvironmentSpec(), definition_digest="default")
+    runtime = getattr(backend, "contract_runtime", "runc")
+    env = Environment(name="default", spec=EnvironmentSpec(runtime=runtime), definition_digest="default")
     return container_spec(settings, env, IMAGE, f"sbx-contract-{rid}", role=ROLE_ROLLOUT, rollout_id=rid)
 
 
@@ -125,6 +138,14 @@ def test_images_and_engine_health(backend: Backend) -> None:
     spec = spec_for(backend)
     with pytest.raises(ProvisionFailed):
         backend.create(SandboxSpec(**{**spec.__dict__, "image": "no-such-image:x"}))
+
+
+def test_a_runtime_the_engine_lacks_is_a_provisioning_failure_not_an_engine_one(backend: Backend) -> None:
+    """Never EngineUnavailable: that would count towards quarantining a healthy host."""
+    spec = spec_for(backend)
+    assert "runc" in backend.runtimes()
+    with pytest.raises(ProvisionFailed):
+        backend.create(SandboxSpec(**{**spec.__dict__, "runtime": "no-such-runtime"}))
 
 
 def test_a_build_keeps_its_workdir_and_a_broken_one_says_why(backend: Backend, tmp_path: Path) -> None:

@@ -52,7 +52,10 @@ class FakeImage:
 
 
 class InMemoryBackend:
-    def __init__(self, images: Iterable[str] = ("rollout-sandbox:bookworm",)) -> None:
+    def __init__(
+        self, images: Iterable[str] = ("rollout-sandbox:bookworm",), runtimes: Iterable[str] = ("runc",)
+    ) -> None:
+        self.offered_runtimes = tuple(runtimes)
         self.containers: dict[str, FakeContainer] = {}
         self.images: dict[str, FakeImage] = {}
         for name in images:
@@ -105,6 +108,8 @@ class InMemoryBackend:
                 raise self._refusals.pop(0)
             if spec.image not in self.images:
                 raise ProvisionFailed(f"image {spec.image!r} is not on this host (build it: images/build.sh)")
+            if spec.runtime not in self.offered_runtimes:
+                raise ProvisionFailed(f"engine refused to create the container: unknown runtime {spec.runtime!r}")
             existing = self.containers.get(spec.name)
             if existing is not None and existing.running:
                 return existing.container_id  # adopted: a retried provisioning task
@@ -164,6 +169,10 @@ class InMemoryBackend:
 
     def ping(self) -> None:
         self._engine()
+
+    def runtimes(self) -> tuple[str, ...]:
+        self._engine()
+        return tuple(self.offered_runtimes)
 
     def image_id(self, name: str) -> str | None:
         self._engine()

@@ -94,6 +94,7 @@ class FakeHost:
             "containers": len(self.backend.containers),
             "quarantined_until": 0,
             "down_after_s": 20.0,
+            "runtimes": ",".join(self.backend.offered_runtimes),
         }
         registration.update(info)
         self.store.hosts.register(self.settings.host_id, registration)

@@ -120,7 +120,7 @@ def test_registering_a_task_stores_its_tests_instruction_and_context_digest(
     assert env.spec.tests is not None and env.spec.tests.dir == str(task / "tests")
     described = world.registry.describe(world.registry.get("calc"))
     assert described["instruction"] == "Fix add.\n" and described["tests"]["score"] == "reward_file"
-    assert "instruction" not in world.registry.describe(world.registry.get("default"))
+    assert world.registry.describe(world.registry.get("default"))["instruction"] is None  # always sent (schema)
     (task / "environment" / "Dockerfile").write_text(DOCKERFILE + "RUN true\n")
     assert world.registry.register("calc", spec(task)).definition_digest != env.definition_digest
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from sandbox.api.errors import install_error_handlers
-from sandbox.api.routes import environments, grade, ops, rollouts, tools
+from sandbox.api.routes import environments, grade, ops, rollouts, tools, trainer
 from sandbox.api.schemas import (
     EnvironmentList,
     EnvironmentView,
@@ -28,7 +28,7 @@ from sandbox.api.schemas import (
     TrajectoryView,
 )
 
-ROUTERS = (ops.router, tools.router, rollouts.router, environments.router, grade.router)
+ROUTERS = (ops.router, tools.router, rollouts.router, environments.router, grade.router, trainer.router)
 ERROR_REF = "#/components/schemas/ErrorResponse"
 # Error statuses each /v1 route must document beyond 401 and 503, which they all must.
 ERRORS = {
@@ -44,12 +44,17 @@ ERRORS = {
     ("get", "/v1/environments"): set(),
     ("delete", "/v1/environments/{name}"): {404},
     ("post", "/v1/rollouts/{rollout_id}/fork"): {400, 404, 409, 413},
+    ("post", "/v1/rollouts/{rollout_id}/exec"): {400, 404, 409, 413},
+    ("put", "/v1/rollouts/{rollout_id}/files"): {400, 403, 404, 408, 409, 413},
+    ("get", "/v1/rollouts/{rollout_id}/files"): {400, 403, 404, 408, 409, 413},
 }
+BINARY_ROUTES = {("get", "/v1/rollouts/{rollout_id}/files")}  # a file's bytes or a tar stream, not JSON
 HAND_READ_BODIES = {
     ("post", "/v1/tools/{tool}"): {"trace_id", "call_id", "id", "arguments", "item"},
     ("post", "/v1/rollouts/{rollout_id}/tools/{tool}"): {"call_id", "id", "arguments", "item"},
     ("post", "/v1/grade"): {"sample", "item", "trace_id"},
     ("post", "/v1/rollouts/{rollout_id}/fork"): {"count", "rollout_ids"},
+    ("post", "/v1/rollouts/{rollout_id}/exec"): {"command", "argv", "cwd", "env", "timeout", "request_id", "source"},
 }
 
 
@@ -78,6 +83,9 @@ def test_every_route_documents_its_success_body(document: dict[str, Any]) -> Non
         if path == "/metrics":
             (media_type,) = content
             assert media_type.startswith("text/plain") and content[media_type]["schema"] == {"type": "string"}
+        elif (method, path) in BINARY_ROUTES:
+            assert set(content) == {"application/octet-stream", "application/x-tar"}, (method, path)
+            assert all(c["schema"] == {"type": "string", "format": "binary"} for c in content.values())
         else:
             schema = content["application/json"]["schema"]
             assert schema.get("$ref", "").startswith("#/components/schemas/"), (method, path, schema)

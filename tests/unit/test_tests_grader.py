@@ -198,3 +198,9 @@ def test_several_graders() -> None:
 def test_bad_grader_lists_are_clear_400s(bad: Any) -> None:
     with pytest.raises(InvalidGradeRequest):
         parse_graders(bad)
+
+
+def test_without_lists_a_pytest_run_lists_each_test_once_by_node_id() -> None:
+    junit = '<testsuite><testcase classname="t" name="a"/></testsuite>'
+    answer = score_tests(plan(), "ok", "none", "", run(session(phases(A)), [junit]))
+    assert answer["tests"]["passed"] == [A] and answer["tests"]["failed"] == []

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ... import metrics
+from ... import API_VERSION, __version__, metrics
 from ...domain.errors import InfraError
 from ...domain.hosts import FULL, UP, views
 from ..context import ApiContext
@@ -19,9 +19,9 @@ router = APIRouter()
 
 
 @router.get("/healthz", response_model=Health)
-async def healthz() -> dict[str, str]:
-    """The process is up."""
-    return {"status": "ok"}
+async def healthz() -> dict[str, Any]:
+    """The process is up; which version it runs (clients check `api_version` before using newer routes)."""
+    return {"status": "ok", "version": __version__, "api_version": API_VERSION}
 
 
 @router.get(

@@ -147,5 +147,7 @@ def _trajectory_entry(index: int, c: dict[str, Any]) -> dict[str, Any]:
         "started_at": c.get("started_at"),
         "finished_at": c.get("finished_at"),
         "output": c.get("output"),
+        "source": c.get("source", "agent"),
+        **({"stderr": c["extra"]["exec"].get("stderr", "")} if "exec" in c.get("extra", {}) else {}),
         **({"error": c["extra"]["message"]} if c.get("extra", {}).get("message") else {}),
     }

@@ -80,6 +80,12 @@ async def _call(request: Request, tool: str, path_rollout_id: str | None) -> JSO
         tool, body, path_rollout_id=path_rollout_id, header_rollout_id=request.headers.get("x-rollout-id")
     )
     result: CallResult = await anyio.to_thread.run_sync(ctx.tools.handle, call, limiter=ctx.limiter)
+    body_out = {"type": "function_call_output", "call_id": call.call_id, "id": call.item_id, "output": result.output}
+    return JSONResponse(body_out, headers=diagnostic_headers(result))
+
+
+def diagnostic_headers(result: CallResult) -> dict[str, str]:
+    """The X-Sandbox-* headers of a call's answer (tool calls and the trainer API's exec)."""
     headers = {
         "X-Sandbox-Outcome": result.outcome,
         "X-Sandbox-Reason": result.reason,
@@ -87,8 +93,7 @@ async def _call(request: Request, tool: str, path_rollout_id: str | None) -> JSO
     }
     if result.exit_code is not None:
         headers["X-Sandbox-Exit-Code"] = str(result.exit_code)
-    body_out = {"type": "function_call_output", "call_id": call.call_id, "id": call.item_id, "output": result.output}
-    return JSONResponse(body_out, headers=headers)
+    return headers
 
 
 async def read_json(request: Request) -> Any:

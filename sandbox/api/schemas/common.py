@@ -38,6 +38,7 @@ _ERROR_DESCRIPTIONS = {
     401: "Missing or wrong bearer token",
     403: "Forbidden",
     404: "Not found",
+    408: "The sandbox did not take or give the bytes in time; retryable",
     409: "Conflict with the rollout's state",
     413: "Request body larger than the service accepts (4 MiB)",
     503: "Infrastructure failure, not the client's: see `retryable`; sent with Retry-After",

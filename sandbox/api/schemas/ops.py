@@ -15,6 +15,10 @@ from .common import _enum, _Open
 
 class Health(_Open):
     status: Literal["ok"]
+    version: str | None = Field(None, description="the service's release")
+    api_version: int | None = Field(
+        None, description="the HTTP API's generation: 2 and later serve the trainer API (exec, files)"
+    )
 
 
 class HostStatus(_Open):

@@ -116,7 +116,14 @@ class TrajectoryEntry(_Open):
     truncated_bytes: int | None = Field(description="bytes of output left out to respect the cap")
     started_at: float | None
     finished_at: float | None
-    output: str | None = Field(description="what the model read")
+    output: str | None = Field(description="what the model read (an exec's stdout)")
+    source: str | None = Field(
+        None,
+        json_schema_extra=_enum(("agent", "trainer")),
+        description="agent: a tool call, or an exec sent as the agent's, graded and budgeted; trainer: the trainer "
+        "API's setup and file calls, recorded only",
+    )
+    stderr: str | None = Field(None, description="present only for exec calls: what the command wrote to stderr")
     error: str | None = Field(None, description="present only for infra errors: what failed")
 
 
