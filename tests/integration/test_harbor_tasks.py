@@ -87,7 +87,7 @@ def test_registration_shows_the_instruction_and_harbor_test_defaults(stack: Stac
         "timeout_s": 30.0,  # task.toml's [verifier] timeout_sec
     } | {k: None for k in ("files", "fail_to_pass", "pass_to_pass", "restore")}
     listed = {e["name"]: e for e in stack.http.get("/v1/environments").json()["environments"]}
-    assert listed[name]["instruction"] == INSTRUCTION and "instruction" not in listed["default"]
+    assert listed[name]["instruction"] == INSTRUCTION and listed["default"]["instruction"] is None
 
 
 def test_the_solution_scores_one_and_doing_nothing_scores_zero(stack: Stack, task_env: tuple[str, Path]) -> None:
