@@ -11,7 +11,9 @@ healthy again, it checks:
 2. every answer is a 200 (ok or the model's error) or a 5xx with an infrastructure reason,
    nothing else;
 3. each rollout's trajectory holds exactly the calls the client saw answered 200, once each,
-   with the same outcome, and no call the client saw fail as an ok;
+   with the same outcome; a call the client saw fail but the trajectory holds as run (the
+   store went away between the run and the answer) must be what a retry of that call id gets
+   back: the first answer, not a second run;
 4. no container is left behind once every rollout is released;
 5. the API's sandbox_tool_calls_total grew by exactly the client's counts, per outcome.
 
@@ -76,6 +78,7 @@ class Soak:
     answers: list[Answer] = field(default_factory=list)
     rollouts: list[str] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    recovered_by_retry: int = 0  # answered 5xx, ran and recorded; a retry returned the stored answer
 
     async def loop(self, client: httpx.AsyncClient, slot: int) -> None:
         rid = self._new_rollout(slot)
@@ -189,8 +192,30 @@ def check_trajectories(client: httpx.Client, soak: Soak) -> list[str]:
             if a.status == 200 and (ok_entries != 1 or recorded[(a.call_id, a.kind)] != 1):
                 problems.append(f"{rid}/{a.call_id}: answered {a.kind}, recorded {ok_entries} time(s) as such")
             if a.status != 200 and ok_entries:
-                problems.append(f"{rid}/{a.call_id}: answered {a.kind} but recorded as ok/model_error")
+                recorded_as = "ok" if recorded[(a.call_id, "ok")] else "model_error"
+                retry = retry_answer(client, rid, a.call_id)
+                soak.recovered_by_retry += 1
+                if retry != recorded_as:
+                    problems.append(
+                        f"{rid}/{a.call_id}: answered {a.kind}, recorded {recorded_as}, a retry got {retry}"
+                    )
     return problems
+
+
+def retry_answer(client: httpx.Client, rid: str, call_id: str) -> str:
+    """What the platform's retry of a call gets: the stored answer's outcome (never a second run)."""
+    body = {
+        "type": "function_call",
+        "id": f"fc_{call_id}",
+        "call_id": call_id,
+        "name": "shell",
+        "arguments": json.dumps({"command": "echo this-must-not-run"}),
+        "trace_id": rid,
+    }
+    r = client.post("/v1/tools/shell", json=body)
+    if r.status_code != 200 or "this-must-not-run" in r.text:
+        return f"{r.status_code} {r.text[:120]}"
+    return r.headers.get("X-Sandbox-Outcome", "?")
 
 
 def leaked_containers(client: httpx.Client, soak: Soak, engine: docker.DockerClient) -> list[str]:
@@ -263,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "answers": dict(kinds),
         "p50_s": round(sorted(a.seconds for a in soak.answers)[len(soak.answers) // 2], 3) if soak.answers else None,
         "max_s": round(max((a.seconds for a in soak.answers), default=0), 2),
+        "answered_5xx_but_ran_and_retry_returned_it": soak.recovered_by_retry,
         "drills": drill_log,
         "checks": {name: {"ok": not found, "problems": found[:20]} for name, found in checks.items()},
     }
