@@ -72,3 +72,10 @@ images:
 OVERLAY ?= dev
 pod-smoke: deps
 	$(VENV)/python k8s/podsmoke.py --overlay $(OVERLAY)
+
+# Faults under load against the `make up` stack (not in CI: it restarts the engine and Redis):
+# 64 rollouts calling while the chaos drills run, then every answer, trajectory, container and
+# metric checked against what the client saw; writes docs/soak.json (docs/benchmarks.md).
+.PHONY: soak
+soak: up
+	$(VENV)/python -m tools.soak
