@@ -73,3 +73,20 @@ take_lock() {
         flock 9
     fi
 }
+
+# Where a long script's time went: timings_start once, step_done NAME after each step, then
+# log "...: $(timings_summary)".
+timings_start() {
+    timings_started=$SECONDS
+    step_start=$SECONDS
+    timings=()
+}
+step_done() { # name
+    timings+=("$1 $((SECONDS - step_start)) s")
+    step_start=$SECONDS
+}
+timings_summary() {
+    local joined
+    joined=$(printf '%s, ' "${timings[@]}")
+    echo "${joined%, }; total $((SECONDS - timings_started)) s"
+}

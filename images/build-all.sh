@@ -43,13 +43,7 @@ for arg in "$@"; do
     esac
 done
 
-started=$SECONDS
-step_start=$SECONDS
-timings=()
-step_done() { # name
-    timings+=("$1 $((SECONDS - step_start)) s")
-    step_start=$SECONDS
-}
+timings_start
 
 # ------------------------------------------- sandbox, service, redis, prometheus ----
 log "images 1/3: sandbox, service, Redis and Prometheus images (deploy/compose/build-images.sh)"
@@ -138,5 +132,4 @@ for image in "${ALL_IMAGES[@]}"; do
     size=$(docker image inspect -f '{{.Size}}' "$image")
     log "image $image: $((size / 1024 / 1024)) MiB"
 done
-summary=$(printf '%s, ' "${timings[@]}")
-log "make images: ${summary%, }; total $((SECONDS - started)) s"
+log "make images: $(timings_summary)"

@@ -21,20 +21,24 @@ from tools.bench_runtime import run_runtime
 from tools.burst import run_burst
 
 
+def _stack_args(parser: argparse.ArgumentParser) -> None:
+    """Where the stack under test answers, and how to authenticate to it."""
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else .run/api-token")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description="benchmarks against a running stack")
     kinds = parser.add_subparsers(dest="kind", required=True)
     lat = kinds.add_parser("latency", help="provisioning and single-call latency, with engine baselines")
-    lat.add_argument("--url", default="http://127.0.0.1:8000")
-    lat.add_argument("--token", default="")
+    _stack_args(lat)
     lat.add_argument("--rollouts", type=int, default=10)
     lat.add_argument("--calls", type=int, default=300)
     lat.add_argument("--image", default="rollout-sandbox:bookworm")
     lat.add_argument("--json", type=Path, help="also write the figures to this file")
     lat.set_defaults(func=run_latency)
     envb = kinds.add_parser("environment", help="environment preparation, rollout start and grader latency")
-    envb.add_argument("--url", default="http://127.0.0.1:8000")
-    envb.add_argument("--token", default="")
+    _stack_args(envb)
     envb.add_argument("--repo", type=Path, required=True, help="a git repository under SANDBOX_WORKSPACE_ROOTS")
     envb.add_argument("--commit", default="HEAD")
     envb.add_argument("--rollouts", type=int, default=10)
@@ -44,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     bur = kinds.add_parser(
         "burst", help="N new rollouts at once (warm, cold), sustained and single-call load, with baselines"
     )
-    bur.add_argument("--url", default="http://127.0.0.1:8000")
-    bur.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else RUN_DIR/api-token")
+    _stack_args(bur)
     bur.add_argument("--rollouts", type=int, default=500, help="N: new rollouts in each burst")
     bur.add_argument("--calls", type=int, default=4, help="K: calls per rollout (echo, ls, read_file, grep; cycled)")
     bur.add_argument(
@@ -64,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     bur.add_argument("--pool-timeout", type=float, default=900.0, help="longest wait for the warm pool to fill, s")
     bur.set_defaults(func=run_burst)
     frk = kinds.add_parser("fork", help="fork of a changed rollout into N children, against N fresh rollouts")
-    frk.add_argument("--url", default="http://127.0.0.1:8000")
-    frk.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else .run/api-token")
+    _stack_args(frk)
     frk.add_argument("--children", type=int, default=8, help="N: children per fork, fresh rollouts per baseline")
     frk.add_argument("--megabytes", type=int, default=100, help="files the parent writes first, as 1 MiB files")
     frk.add_argument("--rounds", type=int, default=5, help="rounds, each a baseline then a fork")
@@ -78,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     frk.add_argument("--json", type=Path, default=Path("docs/benchmarks-fork.json"))
     frk.set_defaults(func=run_fork)
     grd = kinds.add_parser("grading", help="the tests grader against the bare test run, and a burst of gradings")
-    grd.add_argument("--url", default="http://127.0.0.1:8000")
-    grd.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else .run/api-token")
+    _stack_args(grd)
     grd.add_argument("--rounds", type=int, default=20, help="latency rounds (0: none)")
     grd.add_argument("--burst", type=int, default=500, help="grade requests sent at once (0: none)")
     grd.add_argument(
@@ -88,15 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     grd.add_argument("--json", type=Path, default=Path("docs/benchmarks-grading.json"))
     grd.set_defaults(func=run_grading)
     rtm = kinds.add_parser("runtime", help="what gVisor (runsc) costs against runc, first calls and calls")
-    rtm.add_argument("--url", default="http://127.0.0.1:8000")
-    rtm.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else .run/api-token")
+    _stack_args(rtm)
     rtm.add_argument("--rollouts", type=int, default=10, help="new rollouts per runtime, one after another")
     rtm.add_argument("--calls", type=int, default=100, help="calls on one rollout per runtime")
     rtm.add_argument("--json", type=Path, default=Path("docs/benchmarks-runtime.json"))
     rtm.set_defaults(func=run_runtime)
     cli = kinds.add_parser("client", help="the Python SDK's overhead per call, and file transfers against docker cp")
-    cli.add_argument("--url", default="http://127.0.0.1:8000")
-    cli.add_argument("--token", default="", help="default: $SANDBOX_API_TOKENS, else .run/api-token")
+    _stack_args(cli)
     cli.add_argument("--calls", type=int, default=300, help="exec calls through each of the SDK and raw httpx")
     cli.add_argument("--warmup", type=int, default=20, help="calls of each not counted")
     cli.add_argument("--megabytes", type=int, default=50, help="size of the tree moved in and out")

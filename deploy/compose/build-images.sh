@@ -52,13 +52,7 @@ for arg in "$@"; do
     esac
 done
 
-started=$SECONDS
-step_start=$SECONDS
-timings=()
-step_done() { # name
-    timings+=("$1 $((SECONDS - step_start)) s")
-    step_start=$SECONDS
-}
+timings_start
 
 # ------------------------------------------------------------ prerequisites ----
 bash "$ROOT/deploy/install.sh"
@@ -195,5 +189,4 @@ for image in "$SERVICE_IMAGE" "$REDIS_IMAGE" "$PROMETHEUS_IMAGE"; do
     size=$(docker image inspect -f '{{.Size}}' "$image")
     log "image $image: $((size / 1024 / 1024)) MiB (shares the $BASE_IMAGE layers)"
 done
-summary=$(printf '%s, ' "${timings[@]}")
-log "build times: ${summary%, }; total $((SECONDS - started)) s"
+log "build times: $(timings_summary)"

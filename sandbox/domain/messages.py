@@ -48,6 +48,38 @@ class CallRequest:
         """How long the command (or transfer) may run once started."""
         return READ_FILE_DEADLINE_S if isinstance(self.args, ReadFileArgs) else self.args.timeout_s
 
+    def result(
+        self,
+        outcome: str,
+        reason: str,
+        output: str,
+        *,
+        started: float,
+        finished: float,
+        exit_code: int | None = None,
+        output_bytes: int = 0,
+        truncated_bytes: int = 0,
+        extra: dict[str, Any] | None = None,
+    ) -> CallResult:
+        """How this call ended once run, as the trajectory keeps it (every worker-side result is built here)."""
+        return CallResult(
+            call_id=self.call_id,
+            item_id=self.item_id,
+            tool=self.tool,
+            arguments=self.raw_arguments,
+            outcome=outcome,
+            reason=reason,
+            output=output,
+            exit_code=exit_code,
+            duration_ms=round((finished - started) * 1000, 3),
+            output_bytes=output_bytes,
+            truncated_bytes=truncated_bytes,
+            started_at=started,
+            finished_at=finished,
+            extra=extra or {},
+            source=self.source,
+        )
+
     def queued(self, now: float, expires_s: float) -> CallRequest:
         """This request stamped with when it was queued and when it expires."""
         return replace(self, queued_at=now, expires_at=now + expires_s)

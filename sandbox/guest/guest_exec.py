@@ -18,32 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING or __package__:  # imported as part of sandbox.guest (and by mypy)
     from .guest_common import CHUNK, BadRequest, HeadTailBuffer, int_field, number_field
-    from .guest_procs import RETRYABLE, Identity, forget, has_exited, kill_group, spawn, sweep
+    from .guest_procs import RETRYABLE, Identity, forget, has_exited, kill_group, sweep
     from .guest_protocol import DEFAULT_CAP, DEFAULT_TIMEOUT, MAX_OUTPUT_CAP, ErrorReply, ExecReply, ExecRequest
-    from .guest_shell import (
-        BASH_ENV_FILE,
-        EXIT_GRACE,
-        OOM_FIRST,
-        PATH,
-        _world_searchable,
-        bash_env_usable,
-        drain,
-        read_oom_count,
-    )
+    from .guest_shell import EXIT_GRACE, command_env, drain, launch, read_oom_count
 else:  # a top-level module, imported by guest.py from its own directory
     from guest_common import CHUNK, BadRequest, HeadTailBuffer, int_field, number_field
-    from guest_procs import RETRYABLE, Identity, forget, has_exited, kill_group, spawn, sweep
+    from guest_procs import RETRYABLE, Identity, forget, has_exited, kill_group, sweep
     from guest_protocol import DEFAULT_CAP, DEFAULT_TIMEOUT, MAX_OUTPUT_CAP, ErrorReply, ExecReply, ExecRequest
-    from guest_shell import (
-        BASH_ENV_FILE,
-        EXIT_GRACE,
-        OOM_FIRST,
-        PATH,
-        _world_searchable,
-        bash_env_usable,
-        drain,
-        read_oom_count,
-    )
+    from guest_shell import EXIT_GRACE, command_env, drain, launch, read_oom_count
 
 # Every program starts under bash, so that BASH_ENV (or OOM_FIRST) raises its OOM score
 # first; `exec` then replaces bash with it (about 1 ms). A cwd the user cannot enter stops
@@ -78,33 +60,11 @@ def _request_fields(req: ExecRequest) -> tuple[list[str] | None, str | None, dic
 def start(
     argv: list[str] | None, command: str | None, cwd: str, ident: Identity, env: dict[str, str], merge: bool
 ) -> subprocess.Popen[bytes]:
-    full_env = {
-        "PATH": PATH,
-        "HOME": ident.home,
-        "USER": ident.name,
-        "LOGNAME": ident.name,
-        "LANG": "C.UTF-8",
-        "TERM": "dumb",
-        "SHELL": "/bin/bash",
-        **env,
-    }
-    bash_env = bash_env_usable()
-    if bash_env:
-        full_env["BASH_ENV"] = BASH_ENV_FILE  # the file unsets it before the command runs
+    full_env = command_env(ident, env)
     stderr = subprocess.STDOUT if merge else subprocess.PIPE
-    if bash_env and _world_searchable(cwd):  # Popen may enter it (guest_shell.start_command says why)
-        fast = ["bash", "-c", RUN_ARGV, "bash", *argv] if argv is not None else ["bash", "-c", str(command)]
-        try:
-            return spawn(fast, ident, cwd=cwd, env=full_env, stderr=stderr)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.ENOENT, errno.ENOTDIR):
-                raise
-    prefix = "" if bash_env else OOM_FIRST
     if argv is not None:
-        wrapped = ["bash", "-c", prefix + CD_THEN_ARGV, "bash", cwd, *argv]
-    else:
-        wrapped = ["bash", "-c", prefix + CD_THEN_COMMAND, "bash", cwd, str(command)]
-    return spawn(wrapped, ident, cwd="/", env=full_env, stderr=stderr)
+        return launch(["bash", "-c", RUN_ARGV, "bash", *argv], CD_THEN_ARGV, argv, cwd, ident, full_env, stderr)
+    return launch(["bash", "-c", str(command)], CD_THEN_COMMAND, [str(command)], cwd, ident, full_env, stderr)
 
 
 def pump(proc: subprocess.Popen[bytes], pipes: dict[int, HeadTailBuffer], deadline: float) -> bool:

@@ -158,16 +158,8 @@ def read_oom_count() -> int | None:
     return None
 
 
-def start_command(
-    command: str,
-    cwd: str,
-    ident: Identity,
-    extra_env: Mapping[str, str] | None = None,
-    pass_fds: tuple[int, ...] = (),
-) -> subprocess.Popen[bytes]:
-    """Start bash in its own group, on record (guest_procs.py); retry EAGAIN (pids limit) for ~1 s.
-
-    extra_env is added to (or replaces) the fixed environment below: the test runner's settings."""
+def command_env(ident: Identity, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The fixed environment every command starts with; extra_env adds to it (or replaces)."""
     env = {
         "PATH": PATH,
         "HOME": ident.home,
@@ -178,22 +170,52 @@ def start_command(
         "SHELL": "/bin/bash",
         **(extra_env or {}),
     }
-    bash_env = bash_env_usable()
-    if bash_env:
+    if bash_env_usable():
         env["BASH_ENV"] = BASH_ENV_FILE  # the file unsets it before the command runs
-    # One bash started in the directory is enough when anyone may enter it (the usual
-    # workspace): Popen enters it before dropping to the user, as a root that has no
-    # DAC_OVERRIDE, so that only works for world-searchable paths. Otherwise a wrapper shell
-    # enters it as the user and execs a second bash (about 1 ms more per call); it also
-    # raises the OOM score when BASH_ENV cannot.
+    return env
+
+
+def launch(
+    direct: list[str],
+    enter_then: str,
+    args: list[str],
+    cwd: str,
+    ident: Identity,
+    env: dict[str, str],
+    stderr: int,
+    pass_fds: tuple[int, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """Start a command in `cwd` as the user, in its own group, on record (guest_procs.py); retry
+    EAGAIN (pids limit) for ~1 s. Shell and exec both start here.
+
+    `direct` is bash started in the directory itself. That is enough when anyone may enter it
+    (the usual workspace): Popen enters it before dropping to the user, as root, so it is only
+    done for world-searchable paths, where root and the user see the same. Otherwise a wrapper
+    bash runs the script `enter_then` with `cwd` and `args` as $1...: it enters the directory as
+    the user and execs the command (about 1 ms more per call); it also raises the OOM score
+    when BASH_ENV cannot.
+    """
+    bash_env = bash_env_usable()  # cached: decided once per guest
     if bash_env and _world_searchable(cwd):
         try:
-            return spawn(["bash", "-c", command], ident, cwd=cwd, env=env, stderr=subprocess.STDOUT, pass_fds=pass_fds)
+            return spawn(direct, ident, cwd=cwd, env=env, stderr=stderr, pass_fds=pass_fds)
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.ENOENT, errno.ENOTDIR):
                 raise  # else: the directory changed meanwhile; enter it as the user
-    argv = ["bash", "-c", ("" if bash_env else OOM_FIRST) + CD_THEN_RUN, "bash", cwd, command]
-    return spawn(argv, ident, cwd="/", env=env, stderr=subprocess.STDOUT, pass_fds=pass_fds)
+    script = ("" if bash_env else OOM_FIRST) + enter_then
+    return spawn(["bash", "-c", script, "bash", cwd, *args], ident, cwd="/", env=env, stderr=stderr, pass_fds=pass_fds)
+
+
+def start_command(
+    command: str,
+    cwd: str,
+    ident: Identity,
+    extra_env: Mapping[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """A shell call's bash: stdout and stderr on one pipe. extra_env: the test runner's settings."""
+    env = command_env(ident, extra_env)
+    return launch(["bash", "-c", command], CD_THEN_RUN, [command], cwd, ident, env, subprocess.STDOUT, pass_fds)
 
 
 @functools.lru_cache(maxsize=1)

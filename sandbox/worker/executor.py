@@ -112,20 +112,15 @@ class Executor:
         # The guest caps output; cap again so no path can exceed the response budget.
         output, extra_cut = cap_text(output, cap + CAP_SLACK_BYTES)
         finished = self.clock.time()
-        return CallResult(
-            call_id=request.call_id,
-            item_id=request.item_id,
-            tool=request.tool,
-            arguments=request.raw_arguments,
-            outcome=outcome,
-            reason=reason,
-            output=output,
+        return request.result(
+            outcome,
+            reason,
+            output,
+            started=started,
+            finished=finished,
             exit_code=reply.get("exit_code"),
-            duration_ms=round((finished - started) * 1000, 3),
             output_bytes=int(reply.get("output_bytes", 0)),
             truncated_bytes=int(reply.get("truncated_bytes", 0)) + extra_cut,
-            started_at=started,
-            finished_at=finished,
         )
 
     def _run_tests(self, request: CallRequest, args: TestRunArgs, rec: RolloutRecord) -> CallResult:
@@ -139,19 +134,14 @@ class Executor:
         outcome, reason, output = tests_outcome(reply)
         finished = self.clock.time()
         run = {k: v for k, v in reply.items() if k != "output"}
-        return CallResult(
-            call_id=request.call_id,
-            item_id=None,
-            tool=request.tool,
-            arguments=None,
-            outcome=outcome,
-            reason=reason,
-            output=output,
+        return request.result(
+            outcome,
+            reason,
+            output,
+            started=started,
+            finished=finished,
             exit_code=reply.get("exit_code"),
-            duration_ms=round((finished - started) * 1000, 3),
             output_bytes=int(reply.get("output_bytes", 0)),
             truncated_bytes=int(reply.get("truncated_bytes", 0)),
-            started_at=started,
-            finished_at=finished,
             extra={"run": run},
         )

@@ -29,6 +29,9 @@ from .refiller import Refiller
 log = logging.getLogger(__name__)
 
 
+RUNTIMES_REFRESH_S = 60.0  # how often the heartbeat re-reads the engine's runtimes
+
+
 class WorkerRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -36,6 +39,7 @@ class WorkerRuntime:
         self._started_at = time.time()
         self._views: dict[str, HostView] = {}
         self._views_at = -1e9
+        self._runtimes, self._runtimes_at = "", -1e9
 
     @cached_property
     def store(self) -> Store:
@@ -164,10 +168,11 @@ class WorkerRuntime:
         try:
             self.backend.ping()
             containers = len(self.backend.list(host_labels(self.settings)))
-            runtimes = ",".join(self.backend.runtimes())
+            runtimes = self._engine_runtimes()
             healthy = "1"
         except InfraError:
             containers, healthy, runtimes = 0, "0", ""
+            self._runtimes_at = -1e9  # an engine that comes back may come back configured otherwise
         return {
             "queue": self.settings.host_queue,
             "engine_healthy": healthy,
@@ -180,6 +185,14 @@ class WorkerRuntime:
             "data_addr": self.data_port.address if self.data_port is not None else "",  # the API's way here
             "data_node": socket.gethostname(),  # a loopback data_addr means something only on this machine
         }
+
+    def _engine_runtimes(self) -> str:
+        """The engine's runtimes, asked at most once a minute: they change only when it restarts,
+        and the engine's info call is not free on a host with hundreds of containers."""
+        now = time.monotonic()
+        if now - self._runtimes_at > RUNTIMES_REFRESH_S:
+            self._runtimes, self._runtimes_at = ",".join(self.backend.runtimes()), now
+        return self._runtimes
 
     def start_heartbeat(self) -> None:
         """Register this host in Redis and keep it fresh; placement, /readyz and metrics read it."""

@@ -54,22 +54,16 @@ class TrainerOps:
             assert isinstance(args, DownloadArgs)
             outcome, reason, output, extra, exit_code = self._download(args, rec)
         finished = self.clock.time()
-        return CallResult(
-            call_id=request.call_id,
-            item_id=request.item_id,
-            tool=request.tool,
-            arguments=request.raw_arguments,
-            outcome=outcome,
-            reason=reason,
-            output=output,
+        return request.result(
+            outcome,
+            reason,
+            output,
+            started=started,
+            finished=finished,
             exit_code=exit_code,
-            duration_ms=round((finished - started) * 1000, 3),
             output_bytes=int(extra.get("bytes", extra.get("stdout_bytes", 0))),
             truncated_bytes=int(extra.get("stdout_truncated_bytes", 0)),
-            started_at=started,
-            finished_at=finished,
             extra=extra,
-            source=request.source,
         )
 
     def _exec(self, request: CallRequest, args: ExecArgs, rec: RolloutRecord) -> tuple[str, str, str, Any, int | None]:
