@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from . import harbor, workspaces
 from .config import Settings
 from .domain.environment import DEFAULT, DEFAULT_RUNTIME, Environment, EnvironmentSpec, check_name, digest_of
-from .domain.errors import SandboxError, UnknownEnvironment, UnsupportedRuntime, WorkspaceInvalid
+from .domain.errors import ImageUnavailable, SandboxError, UnknownEnvironment, UnsupportedRuntime, WorkspaceInvalid
 from .domain.hosts import views
+from .domain.images import canonical
 from .store import Store
 
 
@@ -53,6 +54,7 @@ class EnvironmentRegistry:
             source_digest = workspaces.fingerprint(ws.type, resolved, commit)
             files = workspaces.list_files(ws.type, resolved, commit)
         self._check_runtime(spec)
+        self._check_image(spec)
         if spec.tests is not None and spec.tests.dir is not None:  # read at grade time: checked now
             hidden = workspaces.confine(spec.tests.dir, self.settings.workspace_root_list)
             if not hidden.is_dir():
@@ -82,6 +84,20 @@ class EnvironmentRegistry:
                 f"runtime {spec.runtime!r}: no sandbox host offers it (set up gVisor on the hosts: "
                 "deploy/install.sh installs Debian's runsc and deploy/deps.sh registers it with the engine)"
             )
+
+    def _check_image(self, spec: EnvironmentSpec) -> None:
+        """Refuse, now, an image no sandbox host holds: nothing is ever pulled, so its rollouts
+        could only fail to provision. Hosts that have not listed their images (none registered
+        yet, an engine down) cannot tell: with none that can, the image is taken on trust."""
+        if spec.image is None:
+            return  # the service's own sandbox image, on every host by construction
+        listed = [v.images for v in views(self.store.hosts.registrations()).values() if v.images is not None]
+        if not listed or any(canonical(spec.image) in images for images in listed):
+            return
+        raise ImageUnavailable(
+            f"image {spec.image!r} is on no sandbox host ({len(listed)} checked), and images are never pulled: "
+            "build or `docker load` it on the hosts, then register again (hosts list their images every 10 s)"
+        )
 
     def get(self, name: str) -> Environment:
         """The named environment; `default` exists even when nobody registered it. Raises UnknownEnvironment."""

@@ -65,6 +65,10 @@ class Backend(Protocol):
         """The OCI runtimes this engine can run containers with (runc, and runsc when gVisor is set up)."""
         ...
 
+    def image_names(self) -> tuple[str, ...]:
+        """Every local image's tags (`repo:tag`) and ids: what an environment may name on this host."""
+        ...
+
     def image_id(self, name: str) -> str | None:
         """The id of a local image, or None if it is not on this host."""
         ...

@@ -100,12 +100,13 @@ class DockerBackend:
         ]  # fmt: skip
         try:
             with _engine_errors():
-                container = self.client.containers.run(
+                # create + start, not containers.run: run pulls a missing image from a registry,
+                # and nothing here may reach one (an image is on a host because it was built or loaded).
+                container = self.client.containers.create(
                     spec.image,
                     command=command,
                     name=spec.name,
                     labels=spec.labels,
-                    detach=True,
                     init=True,
                     user="0",
                     network_mode="none",
@@ -124,6 +125,7 @@ class DockerBackend:
                         Mount(target=SOCKET_MOUNT, source=str(sock_dir), type="bind"),
                     ],
                 )
+                container.start()
         except ImageNotFound as exc:
             raise ProvisionFailed(f"image {spec.image!r} is not on this host (build it: images/build.sh)") from exc
         return str(container.id)
@@ -191,6 +193,13 @@ class DockerBackend:
     def runtimes(self) -> tuple[str, ...]:
         with _engine_errors():
             return tuple(sorted((self.client.info().get("Runtimes") or {}).keys()))
+
+    def image_names(self) -> tuple[str, ...]:
+        with _engine_errors():
+            listed = self.client.api.images()
+        names = {str(image["Id"]) for image in listed}
+        names.update(tag for image in listed for tag in image.get("RepoTags") or () if tag != "<none>:<none>")
+        return tuple(sorted(names))
 
     def image_id(self, name: str) -> str | None:
         try:

@@ -12,10 +12,11 @@ import json
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .calls import json_problem
 from .errors import BadRequest
+from .images import reference_problem
 from .tests import TestsSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -69,6 +70,14 @@ class EnvironmentSpec(BaseModel):
     runtime: Runtime = Field(
         "runc", description="runc (default) or runsc (gVisor: a user-space kernel between the agent and the host's)"
     )
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, image: str | None) -> str | None:
+        problem = reference_problem(image) if image is not None else None
+        if problem:
+            raise ValueError(f"image {image!r} {problem}")
+        return image
 
     @model_validator(mode="after")
     def _storable(self) -> EnvironmentSpec:

@@ -93,6 +93,12 @@ class UnsupportedRuntime(BadRequest):
     code = "unsupported_runtime"
 
 
+class ImageUnavailable(BadRequest):
+    """An environment names an image no sandbox host holds: its rollouts could never start."""
+
+    code = "image_unavailable"
+
+
 class InvalidGradeRequest(BadRequest):
     """The grade request or its dataset row cannot be graded as written."""
 

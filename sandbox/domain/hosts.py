@@ -54,6 +54,12 @@ class HostView:
         return int(self.info.get("containers") or 0)
 
     @property
+    def images(self) -> frozenset[str] | None:
+        """Its engine's image tags and ids; None when it has not said (an older worker, an engine down)."""
+        listed = self.info.get("images")
+        return frozenset(i for i in listed.split(",") if i) if listed else None
+
+    @property
     def runtimes(self) -> frozenset[str]:
         """The OCI runtimes its engine offers (runc; runsc where gVisor is set up)."""
         return frozenset(r for r in (self.info.get("runtimes") or "runc").split(",") if r)

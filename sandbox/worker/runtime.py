@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 
 RUNTIMES_REFRESH_S = 60.0  # how often the heartbeat re-reads the engine's runtimes
+# How often it re-lists the engine's images: one engine call whatever the number of
+# containers, and a user who just loaded an image waits at most this long to register it.
+IMAGES_REFRESH_S = 10.0
 
 
 class WorkerRuntime:
@@ -40,6 +43,7 @@ class WorkerRuntime:
         self._views: dict[str, HostView] = {}
         self._views_at = -1e9
         self._runtimes, self._runtimes_at = "", -1e9
+        self._images, self._images_at = "", -1e9
 
     @cached_property
     def store(self) -> Store:
@@ -169,16 +173,19 @@ class WorkerRuntime:
             self.backend.ping()
             containers = len(self.backend.list(host_labels(self.settings)))
             runtimes = self._engine_runtimes()
+            images = self._engine_images()
             healthy = "1"
         except InfraError:
-            containers, healthy, runtimes = 0, "0", ""
-            self._runtimes_at = -1e9  # an engine that comes back may come back configured otherwise
+            containers, healthy, runtimes, images = 0, "0", "", ""
+            # An engine that comes back may come back configured otherwise.
+            self._runtimes_at = self._images_at = -1e9
         return {
             "queue": self.settings.host_queue,
             "engine_healthy": healthy,
             "capacity": h.capacity,
             "containers": containers,
             "runtimes": runtimes,  # an environment asking for a runtime no host offers is refused
+            "images": images,  # so is one whose image no host holds
             "quarantined_until": self.failures.quarantined_until(),
             "down_after_s": h.heartbeat_s * h.down_after_beats,
             "started_at": self._started_at,
@@ -193,6 +200,13 @@ class WorkerRuntime:
         if now - self._runtimes_at > RUNTIMES_REFRESH_S:
             self._runtimes, self._runtimes_at = ",".join(self.backend.runtimes()), now
         return self._runtimes
+
+    def _engine_images(self) -> str:
+        """The engine's image tags and ids, listed at most every IMAGES_REFRESH_S."""
+        now = time.monotonic()
+        if now - self._images_at > IMAGES_REFRESH_S:
+            self._images, self._images_at = ",".join(self.backend.image_names()), now
+        return self._images
 
     def start_heartbeat(self) -> None:
         """Register this host in Redis and keep it fresh; placement, /readyz and metrics read it."""

@@ -77,6 +77,10 @@ class InMemoryBackend:
     def refuse_next_snapshot(self, error: InfraError) -> None:
         self._snapshot_refusals.append(error)
 
+    def load_image(self, tag: str) -> None:
+        """An operator builds or `docker load`s an image on this host."""
+        self._add_image(tag, {})
+
     def stop(self, name: str) -> None:
         """The container stops (its init died, the engine's OOM killer): it still exists, not running."""
         self.containers[name].running = False
@@ -95,7 +99,7 @@ class InMemoryBackend:
     def _add_image(
         self, tag: str, labels: dict[str, str], files: dict[str, bytes] | None = None, created_at: float | None = None
     ) -> FakeImage:
-        image = FakeImage(f"sha256:{uuid.uuid4().hex}", tag, time.time() if created_at is None else created_at)
+        image = FakeImage(f"sha256:{uuid.uuid4().hex * 2}", tag, time.time() if created_at is None else created_at)
         image.labels, image.files = dict(labels), dict(files or {})
         self.images[tag] = image
         return image
@@ -173,6 +177,10 @@ class InMemoryBackend:
     def runtimes(self) -> tuple[str, ...]:
         self._engine()
         return tuple(self.offered_runtimes)
+
+    def image_names(self) -> tuple[str, ...]:
+        self._engine()
+        return tuple(sorted({*self.images, *(image.image_id for image in self.images.values())}))
 
     def image_id(self, name: str) -> str | None:
         self._engine()

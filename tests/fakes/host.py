@@ -95,6 +95,7 @@ class FakeHost:
             "quarantined_until": 0,
             "down_after_s": 20.0,
             "runtimes": ",".join(self.backend.offered_runtimes),
+            "images": ",".join(self.backend.image_names()),
         }
         registration.update(info)
         self.store.hosts.register(self.settings.host_id, registration)

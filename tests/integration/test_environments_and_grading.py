@@ -156,6 +156,20 @@ def test_unknown_environment_is_a_clear_4xx(stack: Stack) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_environment")
 
 
+def test_an_environment_whose_image_can_never_run_is_refused_at_registration(stack: Stack) -> None:
+    """Not a retryable 503 on every rollout: the name must parse, and a host must hold the image
+    (nothing is pulled; before this, the engine went looking for it on Docker Hub)."""
+    r = stack.put_environment("bad-image", {"image": "Not/Lowercase"})
+    assert r.status_code == 400 and "image reference" in r.text
+    r = stack.put_environment("bad-image", {"image": f"no-such-image-{uuid.uuid4().hex[:6]}:1"})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "image_unavailable")
+    assert "docker load" in r.json()["error"]["message"]
+    assert stack.http.get("/v1/environments/bad-image").status_code == 404
+    image_id = stack.docker.images.get("rollout-sandbox:bookworm").id
+    env = new_env(stack, {"image": image_id})  # by id, as the engine lists it
+    assert stack.shell(f"by-id-{uuid.uuid4().hex[:6]}", "echo hi", item={"environment": env}).json()["output"] == "hi\n"
+
+
 def test_tool_call_budget(stack: Stack) -> None:
     env = new_env(stack, {"max_tool_calls": 2, "image": "rollout-sandbox:bookworm"})
     rid = f"budget-{uuid.uuid4().hex[:6]}"

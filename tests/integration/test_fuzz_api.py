@@ -70,4 +70,9 @@ def test_no_route_answers_a_server_error_or_leaves_its_contract(fuzz_stack: Stac
     # In a scratch directory: schemathesis keeps its own state (.schemathesis/) in the working directory.
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     tail = (proc.stdout + proc.stderr)[-12000:]
-    assert proc.returncode == 0, f"schemathesis found failures:\n{tail}"
+    if proc.returncode != 0:
+        live = fuzz_stack.docker.containers.list(filters={"label": f"sandbox.instance={fuzz_stack.instance}"})
+        pytest.fail(
+            f"schemathesis found failures:\n{tail}\n\n{len(live)} sandbox containers live at the end; "
+            f"worker log:\n{fuzz_stack.tail('worker', 30)}"
+        )

@@ -223,7 +223,7 @@ def test_non_finite_numbers_in_a_definition_are_refused_not_stored_as_null(spec:
 
 def test_a_definition_with_text_that_cannot_be_stored_is_refused() -> None:
     with pytest.raises(ValidationError, match="not valid Unicode"):
-        EnvironmentSpec.model_validate({"image": "debian\ud800"})
+        EnvironmentSpec.model_validate({"tests": {"files": {"test_x.py": "x = 1  # \ud800"}}})
 
 
 def test_finite_definitions_still_round_trip() -> None:
