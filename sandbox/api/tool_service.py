@@ -41,6 +41,9 @@ from .rollout_service import RolloutService
 log = logging.getLogger(__name__)
 RETRY_WAIT_S = 30.0  # how long a duplicate of a running call waits for its result
 RETRY_LOOK_S = 0.05  # how often it looks for that result
+# A worker marks a call started as it pops it, before its expiry; this much later the mark
+# must be there, or no worker took it.
+QUEUE_PICKUP_SLACK_S = 1.0
 RUN_SLOT_LOOK_S = 1.0  # a call waiting for a run slot looks at least this often (a slot may expire unreleased)
 # admission.py: calls doing their CPU-bound part at once in one API process (one core: a few
 # keep it busy while others wait on Redis), and how long a follow-up lets first calls go first.
@@ -173,13 +176,18 @@ class ToolService:
         self._take_run_slot(request, hold_s=wait_s + queue_s)
         try:
             self.dispatcher.execute(host, request, expires_s=queue_s, first=first)
-            reply = self.store.queues.wait_reply(request.reply_id, wait_s)
+            # First only as long as the call may wait in the queue: a call no worker took by then
+            # is answered queue_timeout at once, not after its whole run deadline.
+            taken_by_s = min(wait_s, queue_s + QUEUE_PICKUP_SLACK_S)
+            reply = self.store.queues.wait_reply(request.reply_id, taken_by_s)
+            if reply is None and self.store.queues.abandon_unstarted(request.reply_id):
+                raise QueueTimeout(f"no worker of host {host!r} took the call within {queue_s:g} s")
+            if reply is None:  # a worker runs it: wait for its end
+                reply = self.store.queues.wait_reply(request.reply_id, wait_s - taken_by_s)
         finally:
             self.store.calls.release_run_slot(request.rollout_id, request.reply_id)
         if reply is None:
-            if self.store.queues.was_started(request.reply_id):
-                raise WorkerLost("the worker running this call stopped answering")
-            raise QueueTimeout(f"no worker of host {host!r} took the call within {queue_s:g} s")
+            raise WorkerLost("the worker running this call stopped answering")
         return reply.unwrap()
 
     def _take_run_slot(self, request: CallRequest, hold_s: float) -> None:

@@ -12,6 +12,8 @@ from ..domain.rollout import RolloutRecord
 from . import scripts
 from .connection import Connection, translate_errors
 
+ABANDONED = "abandoned"  # the started mark of a call the API gave up on (QueueStore.abandon_unstarted)
+
 
 class CallStore:
     def __init__(self, c: Connection) -> None:
@@ -35,15 +37,21 @@ class CallStore:
             raw = self.c.r.hget(self.k.results(rid), call_id)
         return _result(raw)
 
-    def begin_execution(self, reply_id: str, rid: str, call_id: str) -> tuple[CallResult | None, RolloutRecord | None]:
-        """A worker starting a call: mark it started, read its stored result and the record, in one round trip."""
+    def begin_execution(
+        self, reply_id: str, rid: str, call_id: str
+    ) -> tuple[bool, CallResult | None, RolloutRecord | None]:
+        """A worker starting a call: mark it started, read its stored result and the record, in one
+        round trip. False first: the API gave up on the call before (QueueStore.abandon_unstarted),
+        so it must not run; the mark is set only if absent, which makes the two exclusive."""
         with translate_errors():
             pipe = self.c.r.pipeline(transaction=False)
-            pipe.set(self.k.started(reply_id), "1", ex=3600)
+            pipe.set(self.k.started(reply_id), "1", nx=True, ex=3600)
+            pipe.get(self.k.started(reply_id))
             pipe.hget(self.k.results(rid), call_id)
             pipe.hgetall(self.k.rollout(rid))
-            _, raw, h = pipe.execute()
-        return _result(raw), (RolloutRecord.from_hash(rid, h) if h else None)
+            _, mark, raw, h = pipe.execute()
+        # Already "1": a redelivery of a call a worker started (its stored result replays it).
+        return mark != ABANDONED, _result(raw), (RolloutRecord.from_hash(rid, h) if h else None)
 
     def claim(self, rid: str, call_id: str, stale_s: float) -> bool:
         """Mark a call as running so a concurrent retry waits instead of running it again."""

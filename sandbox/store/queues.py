@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..domain.messages import CallReply, CallRequest, ForkReply
+from .calls import ABANDONED
 from .connection import Connection, translate_errors
 
 
@@ -72,6 +73,12 @@ class QueueStore:
         with translate_errors():
             got = self.c.blocking.blpop([self.k.reply(reply_id)], timeout=max(timeout_s, 0.01))
         return json.loads(got[1]) if got else None
+
+    def abandon_unstarted(self, reply_id: str) -> bool:
+        """The API stops waiting for a call no worker has started: True if none had (then none
+        ever will: CallStore.begin_execution sees the mark and does not run it)."""
+        with translate_errors():
+            return bool(self.c.r.set(self.k.started(reply_id), ABANDONED, nx=True, ex=3600))
 
     def was_started(self, reply_id: str) -> bool:
         """Whether a worker took the call (then no reply means the worker was lost)."""

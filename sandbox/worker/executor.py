@@ -47,13 +47,17 @@ class Executor:
         rid = request.rollout_id
         try:
             if isinstance(request.args, TestRunArgs):  # grading: neither an agent call nor recorded as one
-                _, rec = self.store.calls.begin_execution(request.reply_id, rid, request.call_id)
+                taken, _, rec = self.store.calls.begin_execution(request.reply_id, rid, request.call_id)
+                if not taken:
+                    return _abandoned()
                 self._check_servable(rec)
                 assert rec is not None
                 result = self._run_tests(request, request.args, rec)
                 self._engine_result(ok=True)
                 return CallReply.of(result)
-            stored, rec = self.store.calls.begin_execution(request.reply_id, rid, request.call_id)
+            taken, stored, rec = self.store.calls.begin_execution(request.reply_id, rid, request.call_id)
+            if not taken:
+                return _abandoned()
             if stored is not None:  # a redelivered call: the command already ran
                 return CallReply.of(stored)
             result = self._run(request, rec)
@@ -145,3 +149,10 @@ class Executor:
             truncated_bytes=int(reply.get("truncated_bytes", 0)),
             extra={"run": run},
         )
+
+
+def _abandoned() -> CallReply:
+    """The API gave up waiting for this call before it started; it answered queue_timeout."""
+    return CallReply.infra(
+        InfraReason.QUEUE_TIMEOUT, "the API stopped waiting for this call before it started; not run"
+    )

@@ -54,6 +54,10 @@ class TrainerOps:
             assert isinstance(args, DownloadArgs)
             outcome, reason, output, extra, exit_code = self._download(args, rec)
         finished = self.clock.time()
+        # Sizes: a transfer's bytes; an exec's, both streams (the guest's counts, under "exec").
+        ran = extra.get("exec") or {}
+        output_bytes = extra.get("bytes", int(ran.get("stdout_bytes", 0)) + int(ran.get("stderr_bytes", 0)))
+        truncated = int(ran.get("stdout_truncated_bytes", 0)) + int(ran.get("stderr_truncated_bytes", 0))
         return request.result(
             outcome,
             reason,
@@ -61,8 +65,8 @@ class TrainerOps:
             started=started,
             finished=finished,
             exit_code=exit_code,
-            output_bytes=int(extra.get("bytes", extra.get("stdout_bytes", 0))),
-            truncated_bytes=int(extra.get("stdout_truncated_bytes", 0)),
+            output_bytes=int(output_bytes),
+            truncated_bytes=truncated,
             extra=extra,
         )
 

@@ -203,6 +203,21 @@ def test_a_shell_call_is_served_once_and_a_redelivery_replays_its_result(world: 
     assert runs(world, rid) == before + 1
 
 
+def test_a_call_the_api_gave_up_on_before_a_worker_took_it_never_runs(world: World) -> None:
+    """The API answers queue_timeout as soon as the queue deadline passes unstarted; the mark it
+    leaves makes a worker that pops the call late drop it, and a worker that took it first keeps it."""
+    rid = ready(world)
+    before = runs(world, rid)
+    late = request(rid, "echo late")
+    assert world.store.queues.abandon_unstarted(late.reply_id) is True
+    reply = world.host.executor.execute(late)
+    assert (reply.result, reply.infra_reason) == (None, InfraReason.QUEUE_TIMEOUT)
+    assert runs(world, rid) == before and world.store.calls.trajectory(rid) == []
+    taken = request(rid, "echo taken")
+    assert world.host.executor.execute(taken).result is not None
+    assert world.store.queues.abandon_unstarted(taken.reply_id) is False  # a worker had it: wait, not 503
+
+
 def test_a_vanished_container_that_served_loses_and_taints_the_rollout(world: World) -> None:
     rid = ready(world)
     assert world.host.executor.execute(request(rid)).result is not None
