@@ -114,10 +114,24 @@ TEST_RUN_DURATION = Histogram(
 GRADED_TOOL_CALLS = Histogram(
     "sandbox_graded_rollout_tool_calls", "Tool calls of each graded rollout.", ["grader"], buckets=CALL_COUNT_BUCKETS
 )
+# --- E2B compatibility (api/e2b/) ---
+E2B_EVENTS = ("created", "killed", "timed_out")
+E2B_SANDBOXES = Counter("sandbox_e2b_sandboxes_total", "E2B-compatible sandboxes, by event.", ["event"])
+# result: ok | client_error (4xx: the request's or the command's problem) | infra_error (5xx);
+# the calls themselves are also in sandbox_tool_calls_total, classified as every call.
+E2B_RESULTS = ("ok", "client_error", "infra_error")
+E2B_REQUESTS = Counter(
+    "sandbox_e2b_requests_total", "Requests to the E2B-compatible API, by plane and result.", ["plane", "result"]
+)
 
 
 def init_metrics() -> None:
     """Create every labelled series at zero."""
+    for event in E2B_EVENTS:
+        E2B_SANDBOXES.labels(event)
+    for plane in ("control", "envd"):
+        for result in E2B_RESULTS:
+            E2B_REQUESTS.labels(plane, result)
     for direction in TRANSFER_DIRECTIONS:
         for via in TRANSFER_VIAS:
             TRANSFER_BYTES.labels(direction, via)

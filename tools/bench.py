@@ -1,10 +1,11 @@
-"""Benchmarks against a running stack: `python -m tools.bench latency|environment|burst|fork|grading|runtime|client`.
+"""Benchmarks against a running stack: `python -m tools.bench <kind>`, one subcommand per kind.
 
 This module is the entry point: the command line and nothing else. Each subcommand lives in a
 module of its own: `latency` in bench_latency.py, `environment` in bench_environment.py, and
 `burst` in burst.py (which measures with the burst_* modules and reports with burst_report.py), and
-`fork` in bench_fork.py, `grading` in bench_grading.py, `runtime` in bench_runtime.py, and `client`
-(the SDK's overhead, files against docker cp) in bench_client.py.
+`fork` in bench_fork.py, `grading` in bench_grading.py, `runtime` in bench_runtime.py, `client`
+(the SDK's overhead, files against docker cp) in bench_client.py, and `e2b` (E2B's SDK against
+this API's own routes) in bench_e2b.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from tools.bench_client import run_client
+from tools.bench_e2b import run_e2b
 from tools.bench_environment import run_environment
 from tools.bench_fork import run_fork
 from tools.bench_grading import run_grading
@@ -103,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--rounds", type=int, default=5, help="transfer rounds, each side once per round")
     cli.add_argument("--json", type=Path, default=Path("docs/benchmarks-client.json"))
     cli.set_defaults(func=run_client)
+    e2b = kinds.add_parser("e2b", help="E2B's SDK (create + first command, a command) against this API's own routes")
+    _stack_args(e2b)
+    e2b.add_argument("--rounds", type=int, default=20, help="new sandboxes (and new rollouts) timed, one at a time")
+    e2b.add_argument("--calls", type=int, default=200, help="commands on a live sandbox through each of the two")
+    e2b.add_argument("--live", type=int, default=0, help="idle rollouts provisioned first, as during a training step")
+    e2b.add_argument("--json", type=Path, default=Path("docs/benchmarks-e2b.json"))
+    e2b.set_defaults(func=run_e2b)
     return parser
 
 

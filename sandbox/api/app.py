@@ -10,6 +10,9 @@ from .. import __version__, metrics
 from ..config import Settings, get_settings
 from ..environments import load_file
 from .context import ApiContext
+from .e2b import control as e2b_control
+from .e2b import envd as e2b_envd
+from .e2b.service import E2BService
 from .errors import install_error_handlers
 from .routes import environments, grade, ops, rollouts, tools, trainer
 
@@ -28,6 +31,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(trainer.router)
     app.include_router(environments.router)
     app.include_router(grade.router)
+    app.state.e2b = E2BService(ctx)
+    app.include_router(e2b_envd.router)  # before the control plane's catch-all under /e2b
+    app.include_router(e2b_control.router)
     if settings.environments_file is not None:
         names = load_file(ctx.registry, settings.environments_file)
         log.info("registered environments from %s: %s", settings.environments_file, ", ".join(names))

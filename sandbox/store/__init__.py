@@ -12,6 +12,7 @@ is built there) and `scripts.py` holds every Lua script:
   store.environments  environment definitions and preparation state (environments.py)
   store.grades        answers of gradings that ran tests, and their run-once claims (grades.py)
   store.transfers     the trainer API's file bytes on their way between API and worker (transfers.py)
+  store.e2b           E2B-compatible sandboxes: what E2B's API says beyond the rollout (e2b.py)
 
 Every method raises StoreUnavailable when Redis does not answer.
 """
@@ -25,6 +26,7 @@ import redis
 from ..clock import SYSTEM_CLOCK, Clock
 from .calls import CallStore
 from .connection import Connection, binary_twin, connect, translate_errors
+from .e2b import E2BStore
 from .environments import EnvironmentStore
 from .grades import GradeStore
 from .hosts import HostStore
@@ -56,6 +58,7 @@ class Store:
         self.environments = EnvironmentStore(self.connection)
         self.grades = GradeStore(self.connection)
         self.transfers = TransferStore(self.connection)
+        self.e2b = E2BStore(self.connection)
 
     @classmethod
     def from_url(

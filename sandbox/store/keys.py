@@ -16,6 +16,11 @@ Rollouts (sandbox/store/rollouts.py, calls.py):
   P:live                     zset    rid -> last used time, rollouts that hold or await a container
   P:created                  zset    rid -> creation time, same members, for the max lifetime
   P:forking:{fork_id}        string  a fork is under way (its image is not yet used by a child)
+E2B-compatible sandboxes (e2b.py), each a rollout of the same id:
+  P:e2b:{rid}                hash    template, metadata, envVars, access token digest, start and end time
+  P:e2b:{rid}:procs          hash    pid -> JSON process config, the commands running now
+  P:e2b:{rid}:pid            string  the last pid handed out
+  P:e2b:all                  zset    rid -> end time (the sandbox's timeout), for listing and the reaper
 Call queues and replies (queues.py):
   P:calls:{host}:first       list    JSON CallRequests of rollouts' first calls, read first
   P:calls:{host}             list    JSON CallRequests of the other calls
@@ -87,6 +92,20 @@ class Keys:
     @property
     def created(self) -> str:
         return f"{self.p}:created"
+
+    # --- E2B-compatible sandboxes ---
+    def e2b(self, rid: str) -> str:
+        return f"{self.p}:e2b:{rid}"
+
+    def e2b_procs(self, rid: str) -> str:
+        return f"{self.p}:e2b:{rid}:procs"
+
+    def e2b_pid(self, rid: str) -> str:
+        return f"{self.p}:e2b:{rid}:pid"
+
+    @property
+    def e2b_all(self) -> str:
+        return f"{self.p}:e2b:all"
 
     def forking(self, fork_id: str) -> str:
         return f"{self.p}:forking:{fork_id}"

@@ -49,10 +49,17 @@ class Reaper:
         life = self.settings.lifecycle
         idle = self.store.rollouts.idle_since(now - life.idle_ttl_s)
         old = self.store.rollouts.created_before(now - life.max_lifetime_s)
+        e2b_timed_out = self.store.e2b.timed_out(now)  # an E2B sandbox's own timeout (api/e2b/)
         expired = []
-        for rid in dict.fromkeys(idle + old):
+        for rid in dict.fromkeys(idle + old + e2b_timed_out):
             rec = self.store.rollouts.get(rid)
-            reason = "max lifetime reached" if rid in old else "idle TTL reached"
+            reason = (
+                "max lifetime reached" if rid in old else "idle TTL reached" if rid in idle else "E2B timeout reached"
+            )
+            if rid in e2b_timed_out:
+                self.store.e2b.forget(rid)
+                if rec is not None and rid not in idle and rid not in old:
+                    metrics.E2B_SANDBOXES.labels("timed_out").inc()
             if rec is None or not end_rollout(self.store, rid, EXPIRED, reason, "expired"):
                 continue
             expired.append(rid)
