@@ -234,3 +234,62 @@ def test_an_infra_fault_mid_session_is_an_unavailability_the_sdk_retries_and_is_
         sbx.kill()
     finally:
         s.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/e2b/v2/sandboxes", b"not json", 400),
+        ("POST", "/e2b/v2/sandboxes", b"[1, 2]", 400),
+        ("POST", "/e2b/v2/sandboxes", b'{"templateID": 7}', 400),
+        ("POST", "/e2b/v2/sandboxes", b'{"timeout": -1}', 400),
+        ("POST", "/e2b/v2/sandboxes", b'{"timeout": 1e400}', 400),
+        ("POST", "/e2b/v2/sandboxes", b'{"timeout": 100000}', 400),
+        ("POST", "/e2b/v2/sandboxes", b'{"metadata": {"k": 1}}', 400),
+        ("POST", "/e2b/v2/sandboxes", b'{"envVars": "x"}', 400),
+        ("POST", "/e2b/v2/sandboxes", b'{"templateID": "../../etc"}', 404),
+        ("GET", "/e2b/sandboxes/%00nul", b"", 404),
+        ("POST", "/e2b/sandboxes/nope/timeout", b'{"timeout": "x"}', 400),
+        ("DELETE", "/e2b/sandboxes/nope", b"", 404),
+        ("POST", "/e2b/v3/templates", b"{}", 400),
+    ],
+)
+def test_malformed_control_plane_requests_get_e2b_shaped_4xx(
+    e2b_env: Stack, method: str, path: str, body: bytes, status: int
+) -> None:
+    r = httpx.request(method, f"{e2b_env.base}{path}", headers={"x-api-key": e2b_env.token}, content=body)
+    assert r.status_code == status, r.text
+    assert isinstance(r.json()["code"], int) and r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code"),
+    [
+        ("/process.Process/Start", b"\x00\x00\x00\x00\x05{bad}", "invalid_argument"),
+        ("/process.Process/Start", b"\x00", "invalid_argument"),
+        ("/process.Process/Start", b"\x01\x00\x00\x00\x02{}", "unimplemented"),
+        ("/process.Process/Start", b'\x00\x00\x00\x00\x0e{"process": 1}', "invalid_argument"),
+        ("/process.Process/SendSignal", b'{"process": {"pid": "x"}}', "invalid_argument"),
+        ("/process.Process/SendSignal", b'{"process": {"pid": 99999}}', "not_found"),
+        ("/process.Process/Nope", b"{}", "unimplemented"),
+        ("/filesystem.Filesystem/Stat", b'{"path": ""}', "invalid_argument"),
+        ("/filesystem.Filesystem/Stat", b"[]", "invalid_argument"),
+        ("/filesystem.Filesystem/ListDir", b'{"path": "/", "depth": -3}', "invalid_argument"),
+        ("/filesystem.Filesystem/ListDir", b'{"path": "/etc/hostname"}', "invalid_argument"),
+        ("/filesystem.Filesystem/Move", b'{"source": "/nope", "destination": "/tmp/x"}', "not_found"),
+        ("/filesystem.Filesystem/WatchDir", b"{}", "unimplemented"),
+    ],
+)
+def test_malformed_envd_requests_get_connect_errors_never_5xx_or_a_crash(
+    sandbox: Sandbox, e2b_env: Stack, path: str, body: bytes, code: str
+) -> None:
+    """The model's arguments and a sloppy client's bodies are their problem: a Connect error the
+    SDK maps to its exceptions, never an infra error (which would count as the service's)."""
+    headers = {
+        "e2b-sandbox-id": sandbox.sandbox_id,
+        "x-access-token": sandbox._envd_access_token or "",
+        "content-type": "application/connect+json" if path.endswith("Start") else "application/json",
+    }
+    r = httpx.post(f"{e2b_env.base}/e2b/envd{path}", headers=headers, content=body)
+    assert r.status_code < 500 or code == "unimplemented", r.text
+    assert r.json()["code"] == code, r.text
