@@ -39,7 +39,9 @@ else
     log "redis: starting redis-server on 127.0.0.1:$REDIS_PORT (data in $RUN/redis)"
     mkdir -p "$RUN/redis"
     # Persistence through the append-only file only (no RDB snapshots), so the
-    # sandbox registry survives a restart without periodic full dumps.
+    # sandbox registry survives a restart without periodic full dumps. A memory cap without
+    # eviction: past it writes fail (the service answers store_unavailable, an infra 503)
+    # instead of Redis silently dropping live state; the archive keeps it far below.
     # 9>&-: the daemon must not inherit our lock fd, or it would hold the
     # lock for its whole life and block every later run of this script.
     redis-server \
@@ -48,7 +50,8 @@ else
         --dir "$RUN/redis" \
         --pidfile "$RUN/redis.pid" \
         --logfile "$RUN/redis.log" \
-        --appendonly yes --save "" 9>&-
+        --appendonly yes --save "" \
+        --maxmemory "${SANDBOX_REDIS_MAXMEMORY:-4gb}" --maxmemory-policy noeviction 9>&-
     wait_for 30 redis_up || {
         tail -n 20 "$RUN/redis.log" >&2 || true
         die "redis did not answer within 30 s; see $RUN/redis.log"

@@ -24,6 +24,8 @@ fi
 export SANDBOX_API_TOKENS
 # Environments may take workspaces only from these host directories (comma-separated).
 export SANDBOX_WORKSPACE_ROOTS="${SANDBOX_WORKSPACE_ROOTS:-$ROOT/workspaces}"
+# Ended rollouts go to the archive, so Redis holds live state only (sandbox/store/archive.py).
+export SANDBOX_ARCHIVE__DIR="${SANDBOX_ARCHIVE__DIR:-$ROOT/.run/archive}"
 mkdir -p "$ROOT/workspaces"
 # Environments declared in a YAML file are registered when the API starts.
 if [[ -z "${SANDBOX_ENVIRONMENTS_FILE:-}" && -f "$ROOT/environments.yaml" ]]; then

@@ -67,6 +67,17 @@ class LifecycleSettings(BaseModel):
     )
 
 
+class ArchiveSettings(BaseModel):
+    dir: Path | None = Field(
+        None,
+        description="Ended rollouts (record, trajectory, grade) are archived here as gzip JSON, and read back "
+        "when Redis no longer has them; unset: they stay in Redis for lifecycle.retention_s.",
+    )
+    redis_ttl_s: float = Field(
+        300.0, gt=0, description="How long Redis keeps an archived rollout's keys (the archive keeps it after)."
+    )
+
+
 class TimeoutSettings(BaseModel):
     provision_s: float = Field(
         180.0, gt=0, description="A first call waits this long for its container before failing as queue_timeout."
@@ -193,6 +204,7 @@ class Settings(BaseSettings):
     files: FilesSettings = FilesSettings()
     limits: LimitSettings = LimitSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
     grading: GradingSettings = GradingSettings()
     hosts: HostSettings = HostSettings()

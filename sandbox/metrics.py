@@ -114,6 +114,11 @@ TEST_RUN_DURATION = Histogram(
 GRADED_TOOL_CALLS = Histogram(
     "sandbox_graded_rollout_tool_calls", "Tool calls of each graded rollout.", ["grader"], buckets=CALL_COUNT_BUCKETS
 )
+# --- the archive of ended rollouts (store/archive.py) ---
+ARCHIVE_WRITES = Counter(
+    "sandbox_archive_writes_total", "Ended rollouts written to the archive, by result.", ["result"]
+)
+ARCHIVE_BYTES = Counter("sandbox_archive_bytes_total", "Compressed bytes written to the archive.")
 # --- E2B compatibility (api/e2b/) ---
 E2B_EVENTS = ("created", "killed", "timed_out")
 E2B_SANDBOXES = Counter("sandbox_e2b_sandboxes_total", "E2B-compatible sandboxes, by event.", ["event"])
@@ -127,6 +132,8 @@ E2B_REQUESTS = Counter(
 
 def init_metrics() -> None:
     """Create every labelled series at zero."""
+    for result in ("ok", "failed"):
+        ARCHIVE_WRITES.labels(result)
     for event in E2B_EVENTS:
         E2B_SANDBOXES.labels(event)
     for plane in ("control", "envd"):

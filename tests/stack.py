@@ -170,6 +170,7 @@ class Stack:
             "SANDBOX_LIFECYCLE__REAPER_INTERVAL_S": "1",
             "SANDBOX_LIFECYCLE__ORPHAN_GRACE_S": "5",
             "SANDBOX_WORKSPACE_ROOTS": str(self.workspace_root),
+            "SANDBOX_ARCHIVE__DIR": str(self.run_dir / "archive"),  # every ended rollout goes through it
             "SANDBOX_ENVIRONMENTS_FILE": str(self.environments_file),
             "SANDBOX_GRADING__CUSTOM_GRADERS": "tests.custom_grader:grade_by_calls",
             "SANDBOX_TIMEOUTS__PROVISION_S": "120",

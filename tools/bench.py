@@ -4,8 +4,9 @@ This module is the entry point: the command line and nothing else. Each subcomma
 module of its own: `latency` in bench_latency.py, `environment` in bench_environment.py, and
 `burst` in burst.py (which measures with the burst_* modules and reports with burst_report.py), and
 `fork` in bench_fork.py, `grading` in bench_grading.py, `runtime` in bench_runtime.py, `client`
-(the SDK's overhead, files against docker cp) in bench_client.py, and `e2b` (E2B's SDK against
-this API's own routes) in bench_e2b.py.
+(the SDK's overhead, files against docker cp) in bench_client.py, `e2b` (E2B's SDK against
+this API's own routes) in bench_e2b.py, and `archive` (Redis bounded over 200 training steps) in
+bench_archive.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tools.bench_archive import add_parser as add_archive_parser
 from tools.bench_client import run_client
 from tools.bench_e2b import run_e2b
 from tools.bench_environment import run_environment
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     e2b.add_argument("--live", type=int, default=0, help="idle rollouts provisioned first, as during a training step")
     e2b.add_argument("--json", type=Path, default=Path("docs/benchmarks-e2b.json"))
     e2b.set_defaults(func=run_e2b)
+    add_archive_parser(kinds, _stack_args)
     return parser
 
 

@@ -45,7 +45,12 @@ class ApiContext:
     @classmethod
     def build(cls, settings: Settings, threads: int = 1024) -> ApiContext:
         store = Store.from_url(
-            settings.redis_url, settings.key_prefix, settings.lifecycle.retention_s, max_connections=threads + 64
+            settings.redis_url,
+            settings.key_prefix,
+            settings.lifecycle.retention_s,
+            max_connections=threads + 64,
+            archive_dir=settings.archive.dir,
+            archived_ttl_s=settings.archive.redis_ttl_s,
         )
         celery = create_celery(settings)
         broker = redis.Redis.from_url(settings.celery_broker_url, socket_connect_timeout=5, socket_timeout=5)

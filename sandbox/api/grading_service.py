@@ -108,7 +108,7 @@ class GradingService:
     def _grade(
         self, rid: str, entries: list[GraderEntry], is_list: bool, sample: dict[str, Any], item: dict[str, Any]
     ) -> dict[str, Any]:
-        rec = self.store.rollouts.get(rid)
+        rec = self.store.rollouts.get(rid) or self.store.archive.record(rid)  # graded after Redis let it go
         if rec is None:
             raise RolloutNotFound(f"no rollout {rid!r}: nothing was recorded under this trace_id")
         if any(e.name == TESTS for e in entries):

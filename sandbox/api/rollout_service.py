@@ -188,6 +188,9 @@ class RolloutService:
             elif rec is None and forked_from:
                 raise ProvisionFailed(f"the fork of {forked_from!r} that was to create this rollout failed")
             elif state in (None, PENDING, FAILED) or stale or orphaned:
+                if rec is None and waited_on is None and self.store.archive.holds(rid):
+                    # Ended long enough ago that Redis let it go: still ended, never a new rollout.
+                    raise RolloutReleased(f"rollout {rid!r} has ended (its record is archived); it takes no more calls")
                 env_name = rec.environment if rec is not None and rec.environment else environment_of(item)
                 won, _, attempt = self.store.rollouts.claim_provisioning(
                     rid,
@@ -233,15 +236,20 @@ class RolloutService:
         return replace(self.store.rollouts.get(rid) or rec, children=tuple(self.store.rollouts.children(rid)))
 
     def get(self, rid: str) -> RolloutRecord:
-        """The record with the rollouts forked from it. Raises RolloutNotFound."""
+        """The record with the rollouts forked from it (from the archive once Redis no longer
+        has it). Raises RolloutNotFound."""
         rec = self.store.rollouts.get(rid)
         if rec is None:
-            raise RolloutNotFound(f"no rollout {rid!r}")
+            archived = self.store.archive.record(rid)
+            if archived is None:
+                raise RolloutNotFound(f"no rollout {rid!r}")
+            return archived
         return replace(rec, children=tuple(self.store.rollouts.children(rid)))
 
     def trajectory(self, rid: str) -> tuple[RolloutRecord | None, list[dict[str, Any]]]:
-        """The record (None once it expired) and every recorded call in order. Raises RolloutNotFound."""
-        rec = self.store.rollouts.get(rid)
+        """The record (None once it expired, unless archived) and every recorded call in order.
+        Raises RolloutNotFound."""
+        rec = self.store.rollouts.get(rid) or self.store.archive.record(rid)
         calls = self.store.calls.trajectory(rid)
         if rec is None and not calls:
             raise RolloutNotFound(f"no rollout {rid!r}")

@@ -4,14 +4,22 @@ budget, and the trajectory the grader reads."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from ..domain.calls import CallResult
 from ..domain.outcomes import Outcome
-from ..domain.rollout import RolloutRecord
+from ..domain.rollout import ENDED_STATES, RolloutRecord
 from . import scripts
+from .archive import ArchiveStore
 from .connection import Connection, translate_errors
 
+log = logging.getLogger(__name__)
+
+# What a call may keep of the arguments it was sent: the model's JSON (4 MiB at most) may carry
+# fields no tool reads, and a call is stored twice (trajectory, replay) for the retention period.
+# Past this, the record keeps the head of the JSON text and its size.
+STORED_ARGUMENTS_BYTES = 64 * 1024
 ABANDONED = "abandoned"  # the started mark of a call the API gave up on (QueueStore.abandon_unstarted)
 
 
@@ -98,7 +106,7 @@ class CallStore:
         Infra errors go into the trajectory (the grader must see them) but are not kept for
         replay: a retry after an infra error may run the call, since it never completed.
         """
-        data = json.dumps(result.to_dict(), ensure_ascii=False)
+        data = json.dumps(_bounded(result.to_dict()), ensure_ascii=False)
         k = self.k
         with translate_errors():
             pipe = self.c.r.pipeline(transaction=True)
@@ -111,7 +119,15 @@ class CallStore:
             pipe.hincrby(k.rollout(rid), f"calls_{result.outcome}", 1)
             pipe.hset(k.rollout(rid), "last_used_at", result.finished_at)
             pipe.zadd(k.live, {rid: result.finished_at}, xx=True)
-            pipe.execute()
+            pipe.hget(k.rollout(rid), "state")
+            state = pipe.execute()[-1]
+        if state in ENDED_STATES and self.c.archive is not None:
+            # A call that finished after its rollout ended (released mid-call): archived again,
+            # so the archive holds it too.
+            try:
+                ArchiveStore(self.c).save(rid)
+            except OSError as exc:
+                log.error("re-archiving rollout %s failed (it stays in Redis): %s", rid, exc)
 
     def count(self, rid: str) -> int:
         """How many calls the trajectory holds."""
@@ -119,9 +135,23 @@ class CallStore:
             return int(self.c.r.llen(self.k.calls(rid)))
 
     def trajectory(self, rid: str) -> list[dict[str, Any]]:
+        """Every recorded call in order; from the archive once Redis no longer holds them."""
         with translate_errors():
-            return [json.loads(x) for x in self.c.r.lrange(self.k.calls(rid), 0, -1)]
+            calls = [json.loads(x) for x in self.c.r.lrange(self.k.calls(rid), 0, -1)]
+        if not calls:
+            doc = ArchiveStore(self.c).load(rid)
+            return list(doc["calls"]) if doc is not None else []
+        return calls
 
 
 def _result(raw: str | None) -> CallResult | None:
     return CallResult.from_dict(json.loads(raw)) if raw else None
+
+
+def _bounded(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as stored: arguments past STORED_ARGUMENTS_BYTES cut to the head of their JSON."""
+    text = json.dumps(record.get("arguments"), ensure_ascii=False)
+    if len(text.encode()) <= STORED_ARGUMENTS_BYTES:
+        return record
+    head = text.encode()[:STORED_ARGUMENTS_BYTES].decode(errors="ignore")
+    return {**record, "arguments": {"_truncated": {"bytes": len(text.encode()), "head": head}}}

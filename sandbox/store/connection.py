@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from ..clock import Clock
 from ..domain.errors import StoreUnavailable
 from .keys import Keys
+
+if TYPE_CHECKING:
+    from .archive import RolloutArchive
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,9 @@ class Connection:
     retention_s: int  # how long an ended rollout's record and trajectory are kept
     # Bytes as bytes (decode_responses=False): the trainer API's file transfers (transfers.py).
     raw: Any = None
+    # Ended rollouts on disk (archive.py); None: they stay in Redis for retention_s.
+    archive: RolloutArchive | None = None
+    archived_ttl_s: int = 300  # how long Redis keeps an archived rollout's keys
 
     def script(self, lua: str) -> Any:
         return self.r.register_script(lua)

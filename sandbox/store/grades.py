@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .archive import ArchiveStore
 from .connection import Connection, translate_errors
 
 
@@ -19,9 +20,13 @@ class GradeStore:
         self.k = c.keys
 
     def stored(self, rid: str) -> dict[str, Any] | None:
+        """The stored answer; from the archive once Redis no longer holds it."""
         with translate_errors():
             raw = self.c.r.get(self.k.grade(rid))
-        return json.loads(raw) if raw else None
+        if raw:
+            return dict(json.loads(raw))
+        doc = ArchiveStore(self.c).load(rid)
+        return doc.get("grade") if doc is not None else None
 
     def claim(self, rid: str, token: str, hold_s: float) -> bool:
         """Take the rollout's grading for `hold_s` (then a retry may take it over: its runner died)."""

@@ -49,7 +49,12 @@ class WorkerRuntime:
     def store(self) -> Store:
         s = self.settings
         return Store.from_url(
-            s.redis_url, s.key_prefix, s.lifecycle.retention_s, max_connections=s.worker_concurrency * 2 + 16
+            s.redis_url,
+            s.key_prefix,
+            s.lifecycle.retention_s,
+            max_connections=s.worker_concurrency * 2 + 16,
+            archive_dir=s.archive.dir,
+            archived_ttl_s=s.archive.redis_ttl_s,
         )
 
     @cached_property

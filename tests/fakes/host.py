@@ -130,7 +130,15 @@ def build_world(redis_url: str, clock: Clock = SYSTEM_CLOCK, attach: bool = True
     blocking = redis.Redis.from_url(
         redis_url, decode_responses=True, socket_timeout=None, client_name=settings.key_prefix
     )
-    store = Store(client, settings.key_prefix, retention_s=60, blocking=blocking, clock=clock)
+    store = Store(
+        client,
+        settings.key_prefix,
+        retention_s=60,
+        blocking=blocking,
+        clock=clock,
+        archive_dir=settings.archive.dir,
+        archived_ttl_s=settings.archive.redis_ttl_s,
+    )
     backend = InMemoryBackend(images=[settings.image])
     dispatcher = InMemoryDispatcher()
     registry = EnvironmentRegistry(store, settings)

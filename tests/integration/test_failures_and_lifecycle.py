@@ -65,6 +65,23 @@ def test_release_removes_the_container_and_is_idempotent(stack: Stack) -> None:
     assert stack.http.get(f"/v1/rollouts/{r1}/trajectory").json()["calls"][0]["output"] == "x\n"
 
 
+def test_an_ended_rollout_is_archived_and_served_from_the_archive_once_redis_forgets_it(stack: Stack) -> None:
+    """Redis holds live state only: once it lets an ended rollout go (SANDBOX_ARCHIVE__REDIS_TTL_S),
+    its record, trajectory and a late call's answer come from the archive, as before."""
+    r1 = rid("archived")
+    assert stack.shell(r1, "echo kept").status_code == 200
+    assert stack.http.delete(f"/v1/rollouts/{r1}").status_code == 200
+    assert 0 < stack.redis.ttl(f"{stack.prefix}:ro:{r1}:calls") <= 300
+    for key in list(stack.redis.scan_iter(f"{stack.prefix}:ro:{r1}*")):
+        stack.redis.delete(key)  # what the short TTL does, now
+    record = stack.http.get(f"/v1/rollouts/{r1}")
+    assert (record.status_code, record.json()["state"]) == (200, "released")
+    assert stack.http.get(f"/v1/rollouts/{r1}/trajectory").json()["calls"][0]["output"] == "kept\n"
+    late = stack.shell(r1, "echo again")  # never a new rollout under an ended one's id
+    assert (late.status_code, late.json()["error"]["code"]) == (409, "rollout_released")
+    wait_until(lambda: stack.containers_of(r1) == [])  # the release's, removed by the worker; no new one
+
+
 def test_reaper_expires_idle_rollouts(stack: Stack) -> None:
     r1 = rid("idle")
     assert stack.shell(r1, "echo x").status_code == 200
