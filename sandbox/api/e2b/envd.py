@@ -21,7 +21,7 @@ import io
 import logging
 import posixpath
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -128,23 +128,11 @@ async def health(request: Request) -> Response:
 
 
 # --- process.Process ------------------------------------------------------------------------
-@router.post("/process.Process/{method}")
-async def process(method: str, request: Request) -> Response:
+async def _answer(request: Request, work: Callable[[], Awaitable[dict[str, Any] | Response]]) -> Response:
+    """An RPC's answer: its JSON, or its error in Connect's terms, counted either way (a stream
+    counts itself when it ends)."""
     try:
-        box = await _sandbox(request)
-        body = await _read_body(request)
-        if method == "Start":
-            return await _start(request, box, parse_stream_request(body))
-        message = parse_unary(body)
-        if method == "List":
-            running = await _in_thread(request, box.ctx.store.e2b.processes, box.id)
-            answer = {"processes": [{"pid": pid, "config": config} for pid, config in running.items()]}
-        elif method == "SendSignal":
-            answer = await _in_thread(request, _send_signal, box, message)
-        elif method in ("Connect", "SendInput", "StreamInput", "CloseStdin", "Update"):
-            raise RpcError("unimplemented", _UNSUPPORTED_PROCESS[method])
-        else:
-            raise RpcError("unimplemented", f"process.Process/{method} is not a method of envd")
+        answer = await work()
     except SandboxGone:
         _count(RpcError("not_found", ""))
         return _gone(request.headers.get("e2b-sandbox-id", ""))
@@ -155,8 +143,31 @@ async def process(method: str, request: Request) -> Response:
         error = _rpc_error_of(exc)
         _count(error)
         return unary_error(error)
+    if isinstance(answer, Response):
+        return answer
     _count(None)
     return JSONResponse(answer)
+
+
+@router.post("/process.Process/{method}")
+async def process(method: str, request: Request) -> Response:
+    async def work() -> dict[str, Any] | Response:
+        box = await _sandbox(request)
+        body = await _read_body(request)
+        if method == "Start":
+            return await _start(request, box, parse_stream_request(body))
+        message = parse_unary(body)
+        if method == "List":
+            running = await _in_thread(request, box.ctx.store.e2b.processes, box.id)
+            return {"processes": [{"pid": pid, "config": config} for pid, config in running.items()]}
+        if method == "SendSignal":
+            answer: dict[str, Any] = await _in_thread(request, _send_signal, box, message)
+            return answer
+        if method in _UNSUPPORTED_PROCESS:
+            raise RpcError("unimplemented", _UNSUPPORTED_PROCESS[method])
+        raise RpcError("unimplemented", f"process.Process/{method} is not a method of envd")
+
+    return await _answer(request, work)
 
 
 _UNSUPPORTED_PROCESS = {
@@ -293,25 +304,16 @@ def _keepalive_s(header: str | None) -> float:
 # --- filesystem.Filesystem ------------------------------------------------------------------
 @router.post("/filesystem.Filesystem/{method}")
 async def filesystem(method: str, request: Request) -> Response:
-    try:
+    async def work() -> dict[str, Any]:
         box = await _sandbox(request)
         message = parse_unary(await _read_body(request))
         handler = _FILESYSTEM.get(method)
         if handler is None:
             raise RpcError("unimplemented", _UNSUPPORTED_FS.get(method, f"filesystem.Filesystem/{method} is unknown"))
-        answer = await _in_thread(request, handler, box, message)
-    except SandboxGone:
-        _count(RpcError("not_found", ""))
-        return _gone(request.headers.get("e2b-sandbox-id", ""))
-    except PermissionError as exc:
-        _count(RpcError("unauthenticated", ""))
-        return unary_error(RpcError("unauthenticated", str(exc)))
-    except Exception as exc:
-        error = _rpc_error_of(exc)
-        _count(error)
-        return unary_error(error)
-    _count(None)
-    return JSONResponse(answer)
+        answer: dict[str, Any] = await _in_thread(request, handler, box, message)
+        return answer
+
+    return await _answer(request, work)
 
 
 _UNSUPPORTED_FS = {
