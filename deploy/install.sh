@@ -12,10 +12,11 @@ ROOT="$(root_dir)"
 # checks. debootstrap (+ keyring/gpgv to verify the mirror): offline base
 # image. python3-venv: virtualenv. curl/git: used by developers and tests.
 # runsc: gVisor, the optional `runtime: "runsc"` of environments (deps.sh registers it).
+# golang-go: builds the native guest offline (sandbox/guest/native/build.sh; stdlib only).
 ensure_apt_packages \
     docker.io redis-server redis-tools runsc \
     debootstrap debian-archive-keyring gpgv \
-    python3-venv curl git ca-certificates
+    python3-venv curl git ca-certificates golang-go
 
 VENV="$ROOT/.venv"
 STAMP="$VENV/.installed-stamp"

@@ -24,12 +24,20 @@ import pytest
 
 GUEST = Path(__file__).resolve().parents[2] / "sandbox" / "guest" / "guest.py"
 USER = pwd.getpwuid(os.getuid()).pw_name
+# The guest's command line up to its mode. The tests below take it from the fixture
+# `guest_argv`; test_guest_native.py runs them against the native guest by overriding it.
+PYTHON_GUEST = [sys.executable, str(GUEST)]
 
 
-def start_server(sock: Path, workdir: Path, log: Path) -> subprocess.Popen[bytes]:
+@pytest.fixture(scope="module")
+def guest_argv() -> list[str]:
+    return PYTHON_GUEST
+
+
+def start_server(sock: Path, workdir: Path, log: Path, argv: list[str] = PYTHON_GUEST) -> subprocess.Popen[bytes]:
     env = dict(os.environ, GUEST_TEST_LEAK="leaked")
     proc = subprocess.Popen(
-        [sys.executable, str(GUEST), "serve", "--socket", str(sock), "--user", USER, "--workdir", str(workdir)],
+        [*argv, "serve", "--socket", str(sock), "--user", USER, "--workdir", str(workdir)],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,
@@ -80,12 +88,12 @@ def live_procs_with_arg(arg: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory):
+def guest(tmp_path_factory: pytest.TempPathFactory, guest_argv: list[str]):
     base = tmp_path_factory.mktemp("guest")
     workdir = base / "workspace"
     workdir.mkdir()
     sock = base / "run" / "guest.sock"  # parent does not exist yet: the guest creates it
-    proc = start_server(sock, workdir, base / "guest.log")
+    proc = start_server(sock, workdir, base / "guest.log", guest_argv)
     yield {"sock": sock, "workdir": workdir, "proc": proc}
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0
@@ -519,33 +527,37 @@ def test_oom_evidence_needs_sigkill_and_a_counter_increase(monkeypatch, tmp_path
 # --- once mode and lifecycle -----------------------------------------------------------
 
 
-def run_once(payload: bytes, workdir: Path, user: str = USER) -> subprocess.CompletedProcess[str]:
+def run_once(
+    payload: bytes, workdir: Path, user: str = USER, argv: list[str] = PYTHON_GUEST
+) -> subprocess.CompletedProcess[str]:
     arg = base64.b64encode(payload).decode()
     return subprocess.run(
-        [sys.executable, str(GUEST), "once", arg, "--user", user, "--workdir", str(workdir)],
+        [*argv, "once", arg, "--user", user, "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         timeout=20,
     )
 
 
-def test_once_mode(tmp_path):
+def test_once_mode(tmp_path, guest_argv):
     done = run_once(
-        json.dumps({"op": "shell", "command": "echo hi; exit 4", "timeout": 5, "output_cap": 100}).encode(), tmp_path
+        json.dumps({"op": "shell", "command": "echo hi; exit 4", "timeout": 5, "output_cap": 100}).encode(),
+        tmp_path,
+        argv=guest_argv,
     )
     assert done.returncode == 0 and done.stdout.count("\n") == 1
     resp = json.loads(done.stdout)
     assert resp["output"] == "hi\n" and resp["exit_code"] == 4
-    ping = run_once(b'{"op": "ping"}', tmp_path)
+    ping = run_once(b'{"op": "ping"}', tmp_path, argv=guest_argv)
     assert json.loads(ping.stdout)["ok"] is True
-    unknown = run_once(b'{"op": "nope"}', tmp_path)
+    unknown = run_once(b'{"op": "nope"}', tmp_path, argv=guest_argv)
     assert unknown.returncode == 0 and json.loads(unknown.stdout) == {"error": "unknown op: nope"}
-    bad = run_once(b"{not json", tmp_path)
+    bad = run_once(b"{not json", tmp_path, argv=guest_argv)
     assert bad.returncode != 0 and "error" in json.loads(bad.stdout)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="switching users needs root")
-def test_once_mode_switches_user_when_root(tmp_path):
+def test_once_mode_switches_user_when_root(tmp_path, guest_argv):
     nobody = pwd.getpwnam("nobody")
     private = tmp_path / "private"
     private.mkdir(mode=0o700)  # root may enter it, nobody may not: the cwd is entered as nobody
@@ -555,16 +567,17 @@ def test_once_mode_switches_user_when_root(tmp_path):
         ).encode(),
         tmp_path,
         user="nobody",
+        argv=guest_argv,
     )
     uid, gid, user, home, cwd = json.loads(done.stdout)["output"].split()
     assert (uid, gid, user, home) == (str(nobody.pw_uid), str(nobody.pw_gid), "nobody", nobody.pw_dir)
     assert cwd in (nobody.pw_dir, "/")
 
 
-def test_sigterm_exits_cleanly_and_stale_socket_is_replaced(tmp_path):
+def test_sigterm_exits_cleanly_and_stale_socket_is_replaced(tmp_path, guest_argv):
     sock = tmp_path / "guest.sock"
     sock.write_text("stale leftover")
-    proc = start_server(sock, tmp_path, tmp_path / "log")
+    proc = start_server(sock, tmp_path, tmp_path / "log", guest_argv)
     assert stat.S_ISSOCK(sock.stat().st_mode)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0

@@ -1,0 +1,3 @@
+module sandboxguest
+
+go 1.19
