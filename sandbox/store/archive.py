@@ -6,8 +6,9 @@ one gzip-compressed JSON document on disk (a format every tool reads: `zcat | jq
 Redis keys then expire after SANDBOX_ARCHIVE__REDIS_TTL_S instead of the full retention. The
 views (GET /v1/rollouts/{id}, /trajectory, grading) read through: Redis first, then the archive.
 
-Layout: `<dir>/<2 hex of sha256(id)>/<id, percent-encoded>.json.gz`, so no directory holds more
-than 1/256 of the rollouts, and a rollout's file is found from its id alone (no index). A file
+Layout: `<dir>/<2 hex of sha256(id)>/<id's first 64 plain characters>--<32 hex of sha256(id)>.json.gz`,
+so no directory holds more than 1/256 of the rollouts, any id makes a valid file name, and a
+rollout's file is found from its id alone (no index). A file
 is written whole to a temporary name and renamed into place: a reader sees the old or the new
 document, never half of one. Several processes (API replicas, workers) may archive the same
 rollout at once (a call recorded after its end, a grade): the last complete write wins, and
@@ -24,18 +25,19 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from ..domain.errors import StoreUnavailable
 from ..domain.rollout import RolloutRecord
 from .connection import Connection, translate_errors
 
 FORMAT = "rollout-sandbox-archive/1"
+MAX_READABLE = 64  # characters of the id kept readable in its file's name
 
 
 class RolloutArchive:
@@ -43,8 +45,11 @@ class RolloutArchive:
         self.dir = directory
 
     def path(self, rid: str) -> Path:
-        shard = hashlib.sha256(rid.encode()).hexdigest()[:2]
-        return self.dir / shard / f"{quote(rid, safe='')}.json.gz"
+        # Named by the id's hash: any id (up to the API's limit, in any script) makes a valid
+        # file name of fixed length; a readable prefix of the id's plain characters helps people.
+        digest = hashlib.sha256(rid.encode()).hexdigest()
+        readable = re.sub(r"[^A-Za-z0-9._-]", "_", rid[:MAX_READABLE])
+        return self.dir / digest[:2] / f"{readable}--{digest[:32]}.json.gz"
 
     def write(self, rid: str, record: dict[str, Any], calls: list[dict[str, Any]], grade: Any) -> int:
         """Write (or replace) the rollout's document; its size in bytes. Raises OSError."""

@@ -98,3 +98,15 @@ def test_a_call_stores_at_most_a_bounded_head_of_its_arguments(world: World, siz
         cut = stored["arguments"]["_truncated"]
         assert cut["bytes"] > size and len(cut["head"].encode()) <= STORED_ARGUMENTS_BYTES
         assert len(world.store.redis.lindex(world.store.keys.calls(rid), 0)) < STORED_ARGUMENTS_BYTES + 8192
+
+
+def test_any_rollout_id_makes_a_valid_archive_file(make_world: MakeWorld, tmp_path: Path) -> None:
+    """Ids the API takes may be long and in any script (the fuzzer found percent-encoded names
+    past the file system's 255 bytes): the file is named by the id's hash."""
+    w = archived_world(make_world, tmp_path)
+    rid = "Ṱ̺̺̕o͞ ̷i̲̬͇̪͙n̝̗͕v̟̜̘̦͟o̶̙̰̠kè͚̮̺̪̹̱̤ chaos " * 4 + "/../x"
+    path = w.store.connection.archive.path(rid)  # type: ignore[union-attr]
+    assert len(path.name.encode()) < 120 and path.parent.parent == tmp_path / "archive"
+    w.store.connection.archive.write(rid, {"state": "released"}, [{"call_id": "c"}], None)  # type: ignore[union-attr]
+    assert w.store.archive.load(rid)["calls"] == [{"call_id": "c"}]  # type: ignore[index]
+    assert w.store.archive.holds(rid) and not w.store.archive.holds(rid + "-other")
