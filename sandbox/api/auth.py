@@ -17,9 +17,14 @@ async def require_token(request: Request) -> None:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    # Compare against every token so the time taken does not reveal which one nearly matched.
+    if not token_matches(given, tokens):
+        raise Unauthorized("invalid bearer token")
+
+
+def token_matches(given: str, tokens: list[str]) -> bool:
+    """Whether `given` is one of `tokens`. Compared against every token, so the time taken
+    does not reveal which one nearly matched."""
     matched = False
     for token in tokens:
         matched |= hmac.compare_digest(given.strip().encode(), token.encode())
-    if not matched:
-        raise Unauthorized("invalid bearer token")
+    return bool(given.strip()) and matched

@@ -39,7 +39,10 @@ from ..domain.trainer import (
     upload_kind,
 )
 from ..store import Store
+from ..store.transfers import CHUNK_BYTES
 from .tool_service import ToolService
+
+TRANSFER_TTL_S = 3600  # an upload's bytes wait this long at most for their call (then expire)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,25 @@ class TrainerService:
         metrics.TRANSFER_BYTES.labels("download", "direct" if args.direct else "store").inc(size)
         kept = {} if args.direct else {"transfer": args.transfer}
         return {**kept, "bytes": size, "kind": result.extra.get("kind", "file")}
+
+    def write_bytes(self, rollout_id: str, path: str, data: bytes) -> dict[str, Any]:
+        """Upload bytes already in hand (a small file of E2B's), through the store. Raises as upload."""
+        plan = self.plan_upload(rollout_id, path, "application/octet-stream", None, None, None)
+        for start in range(0, len(data), CHUNK_BYTES):
+            self.store.transfers.append(plan.args.transfer, data[start : start + CHUNK_BYTES], TRANSFER_TTL_S)
+        return self.upload(plan, len(data))
+
+    def read_bytes(self, rollout_id: str, path: str) -> tuple[str, bytes]:
+        """Download whole, through the store: (kind, bytes); a directory's bytes are its tar.
+        Raises as download."""
+        info = self.download(rollout_id, path, None)
+        transfer, body = info["transfer"], bytearray()
+        try:
+            while (chunk := self.store.transfers.pop(transfer)) is not None:
+                body += chunk
+        finally:
+            self.store.transfers.delete(transfer)
+        return str(info["kind"]), bytes(body)
 
     @staticmethod
     def _call(

@@ -42,7 +42,6 @@ from ...domain.errors import (
     SandboxError,
     SandboxLost,
 )
-from ...store.transfers import CHUNK_BYTES
 from ..context import ApiContext
 from .connect import (
     MAX_REQUEST_BYTES,
@@ -58,7 +57,6 @@ from .service import PID_VARIABLE, SIGNALS, E2BService, Sandbox, SandboxGone
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/e2b/envd", include_in_schema=False)  # envd's API, documented by E2B
-TRANSFER_TTL_S = 3600
 DEFAULT_KEEPALIVE_S = 50.0
 
 
@@ -422,16 +420,10 @@ async def read_file(request: Request) -> Response:
 
 
 def _download(box: Sandbox, path: str) -> bytes:
-    info = box.ctx.trainer.download(box.id, path, None)
-    transfer, body = info["transfer"], bytearray()
-    try:
-        if info["kind"] == "directory":
-            raise IsADirectory(f"{path} is a directory; list it (files.list) or read its files")
-        while (chunk := box.ctx.store.transfers.pop(transfer)) is not None:
-            body += chunk
-    finally:
-        box.ctx.store.transfers.delete(transfer)
-    return bytes(body)
+    kind, data = box.ctx.trainer.read_bytes(box.id, path)
+    if kind == "directory":
+        raise IsADirectory(f"{path} is a directory; list it (files.list) or read its files")
+    return data
 
 
 @router.post("/files")
@@ -490,10 +482,5 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 
 def _upload(box: Sandbox, path: str, data: bytes) -> dict[str, Any]:
-    trainer = box.ctx.trainer
-    plan = trainer.plan_upload(box.id, path, "application/octet-stream", None, None, None)
-    for start in range(0, len(data), CHUNK_BYTES):
-        box.ctx.store.transfers.append(plan.args.transfer, data[start : start + CHUNK_BYTES], TRANSFER_TTL_S)
-    answer = trainer.upload(plan, len(data))
-    written = str(answer.get("path") or path)
+    written = str(box.ctx.trainer.write_bytes(box.id, path, data).get("path") or path)
     return {"name": posixpath.basename(written), "type": "file", "path": written}

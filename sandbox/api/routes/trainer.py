@@ -19,11 +19,10 @@ from ..data_channel import CHANNEL_ERRORS, Outcome, Spool, open_channel, receive
 from ..schemas import error_responses, request_body
 from ..schemas.tools import TOOL_CALL_HEADERS
 from ..schemas.trainer import BINARY, DOWNLOAD_HEADERS, ITEM_HEADER, ExecBody, ExecResult, UploadResult
-from ..trainer_service import Upload, parse_item_header
+from ..trainer_service import TRANSFER_TTL_S, Upload, parse_item_header
 from .tools import diagnostic_headers, read_json
 
 router = APIRouter(prefix="/v1/rollouts", dependencies=[Depends(require_token)])
-TRANSFER_TTL_S = 3600  # an upload's bytes wait this long at most for their call (then expire)
 
 SandboxPath = Annotated[
     str, Query(min_length=1, description="a path in the sandbox; relative paths are relative to the workspace")
