@@ -16,7 +16,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_GUEST_DIR = Path(__file__).resolve().parent / "guest"
+from .guest import PACKAGED_GUEST_DIR
+
 PLACEHOLDER_TOKENS = {"", "changeme", "change-me", "token", "secret", "dev-token"}
 
 
@@ -154,7 +155,10 @@ class Settings(BaseSettings):
         Path("/var/lib/rollout-sandbox/run"),
         description="Host directory holding each container's guest socket directory.",
     )
-    guest_dir: Path = Field(_GUEST_DIR, description="Host directory with guest.py, mounted read-only into sandboxes.")
+    guest_dir: Path = Field(
+        PACKAGED_GUEST_DIR,
+        description="Host directory holding the guest binary (sandbox-guest), mounted read-only into sandboxes.",
+    )
     extra_labels: dict[str, str] = Field(
         default_factory=dict, description="Extra container labels (JSON), e.g. for tests."
     )
@@ -277,7 +281,7 @@ def settings_table() -> str:
             if isinstance(value, BaseModel):
                 walk(type(value), f"{prefix}{name.upper()}__", value)
                 continue
-            shown = {"host_id": "the hostname", "guest_dir": "the package's sandbox/guest"}.get(name, value)
+            shown = {"host_id": "the hostname", "guest_dir": "the package's sandbox/guest/native/bin"}.get(name, value)
             shown = '""' if shown == "" else "{}" if shown == {} else "unset" if shown is None else shown
             rows.append(f"| `SANDBOX_{prefix}{name.upper()}` | `{shown}` | {field.description} |")
 

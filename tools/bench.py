@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["warm", "cold"],
         help="warm,cold (default both); none: only the sustained and single-call phases",
     )
-    bur.add_argument("--sustained-seconds", type=float, default=20.0)
+    bur.add_argument("--sustained-seconds", type=float, default=20.0, help="each sustained phase, and raw exec, s")
     bur.add_argument("--sustained-rollouts", type=int, default=32)
     bur.add_argument("--json", type=Path, default=Path("docs/benchmarks.json"))
     bur.add_argument("--markdown", type=Path, default=Path("docs/benchmarks.md"))
@@ -69,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     bur.add_argument("--image", default="rollout-sandbox:bookworm", help="image of the raw docker baselines")
     bur.add_argument("--run-dir", type=Path, default=Path(".run"), help="holds api.pid and worker.pid (memory)")
     bur.add_argument("--pool-timeout", type=float, default=900.0, help="longest wait for the warm pool to fill, s")
+    bur.add_argument(
+        "--live",
+        type=int,
+        default=500,
+        help="idle rollouts live on the host during the loaded phases (httpx, CPU per call, idle cost); 0: none",
+    )
+    bur.add_argument("--idle-seconds", type=float, default=20.0, help="each idle-cost sample (0 and --live live), s")
+    bur.add_argument(
+        "--only",
+        choices=["all", "loaded"],
+        default="all",
+        help="loaded: only the loaded phases (--live); the other figures already in --json are kept",
+    )
     bur.set_defaults(func=run_burst)
     frk = kinds.add_parser("fork", help="fork of a changed rollout into N children, against N fresh rollouts")
     _stack_args(frk)

@@ -5,7 +5,11 @@ in sequence. Measured in one run on this machine, beside the raw engine doing th
 - baselines: raw `docker run -d` of N containers and raw `docker exec` (burst_baselines.py);
 - warm and cold bursts, sustained and single-call load (burst_scenarios.py, over burst_http.py);
 - memory: peak RSS of the API and worker processes (and their children) over the whole run
-  (burst_measure.py).
+  (burst_measure.py);
+- loaded: with `--live` rollouts idle on the host, calls through httpx (the trainers' client) and
+  the lean client, the machine's CPU per call and idle cost split by process, the guests' memory,
+  and raw `docker exec` of the same command (burst_loaded.py, burst_cpu.py). `--only loaded` runs
+  just these, and keeps the other figures of the JSON file it writes to.
 The figures go to docs/benchmarks.json first, then the tables to docs/benchmarks.md (burst_report.py).
 """
 
@@ -33,8 +37,10 @@ import httpx
 from tools.bench_common import api_token
 from tools.burst_baselines import baselines
 from tools.burst_http import Session
+from tools.burst_loaded import loaded_scenario
 from tools.burst_measure import MemorySampler, Progress
 from tools.burst_report import burst_tables, burst_targets, render_markdown, render_text, write_markdown
+from tools.burst_report_loaded import loaded_tables, loaded_targets, render_loaded_markdown
 from tools.burst_scenarios import cold_scenario, sustained_and_single, warm_scenario
 
 
@@ -104,33 +110,63 @@ def run(args: argparse.Namespace, token: str) -> dict[str, Any]:
     sampler = MemorySampler(args.run_dir, lambda: len(s.live))
     s.roots = sampler.roots
     started = time.monotonic()
+    only_loaded = args.only == "loaded"
     try:
-        if not args.skip_baselines:
+        if not args.skip_baselines and not only_loaded:
             result["baselines"] = _guard("baselines", lambda: baselines(engine, args, labels, s.progress))
-        if "warm" in args.scenarios:
+        if "warm" in args.scenarios and not only_loaded:
             result["warm"] = _guard("warm", lambda: asyncio.run(warm_scenario(s, args)))
-        if "cold" in args.scenarios:
+        if "cold" in args.scenarios and not only_loaded:
             result["cold"] = _guard("cold", lambda: asyncio.run(cold_scenario(s, args)))
-        pair = _guard("sustained", lambda: sustained_and_single(s, args))
-        result["sustained"], result["single_call"] = pair if isinstance(pair, tuple) else (pair, pair)
+        if not only_loaded:
+            pair = _guard("sustained", lambda: sustained_and_single(s, args))
+            result["sustained"], result["single_call"] = pair if isinstance(pair, tuple) else (pair, pair)
+        if args.live > 0:
+            result["loaded"] = _guard("loaded", lambda: loaded_scenario(s, args, labels))
+            result["loaded"].update(run_command=result["command"], machine=result["machine"])
     finally:
         for cid in (c["Id"] for c in engine.api.containers(all=True, filters={"label": f"bench.run={s.tag}"})):
             engine.api.remove_container(cid, force=True)  # whatever a broken baseline left behind
         s.progress.close()
-        result["memory"] = sampler.summary()
+        memory = sampler.summary()
+        if only_loaded:
+            result.setdefault("loaded", {})["memory"] = memory
+        else:
+            result["memory"] = memory
     result["duration_s"] = round(time.monotonic() - started, 1)
     return result
 
 
+def _merge_loaded(path: Path, loaded: dict[str, Any]) -> dict[str, Any]:
+    """`--only loaded`: the figures already in `path` (of a whole run), with the loaded ones replaced."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if not isinstance(old, dict) or "machine" not in old:
+        return {}
+    old.pop("loaded_targets", None)
+    return {**old, "loaded": loaded}
+
+
 def run_burst(args: argparse.Namespace) -> None:
+    if args.only == "loaded" and args.live <= 0:
+        raise SystemExit("--only loaded needs --live N > 0: the loaded phases run with N live rollouts")
     result = run(args, api_token(args))
-    result["targets"] = burst_targets(result)
+    if args.only == "loaded":  # the whole run's figures stay, when the file holds some
+        result = _merge_loaded(args.json, result["loaded"]) or result
+    whole = any(k in result for k in ("baselines", "warm", "cold", "sustained"))
+    result["targets"] = burst_targets(result) if whole else []
+    if "loaded" in result:
+        result["loaded_targets"] = loaded_targets(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")  # first: a report bug must not lose the figures
-    tables = burst_tables(result)
-    print(render_text(tables))
-    write_markdown(args.markdown, render_markdown(result, tables))
-    verdicts = Counter(t["result"] for t in result["targets"])
+    tables, loaded = burst_tables(result) if whole else [], loaded_tables(result)
+    print(render_text(tables + loaded))
+    body = render_markdown(result, tables) if whole else ""
+    write_markdown(args.markdown, body + render_loaded_markdown(result, loaded))
+    judged = [] if args.only == "loaded" else result["targets"]  # --only loaded: the targets of this run
+    verdicts = Counter(t["result"] for t in judged + result.get("loaded_targets", []))
     print(f"\ntargets: {dict(verdicts)}; wrote {args.json} and {args.markdown}")
     if verdicts["FAIL"]:
-        raise SystemExit(f"{verdicts['FAIL']} of {len(result['targets'])} targets FAIL (see the Targets table)")
+        raise SystemExit(f"{verdicts['FAIL']} of {verdicts.total()} targets FAIL (see the Targets tables)")

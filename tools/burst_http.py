@@ -55,7 +55,7 @@ class Session:
         return [f"bench-{self.tag}-{phase}-{i}" for i in range(n)]
 
 
-def _body(tool: str, rid: str, args: dict[str, Any], item: dict[str, Any] | None) -> dict[str, Any]:
+def tool_body(tool: str, rid: str, args: dict[str, Any], item: dict[str, Any] | None) -> dict[str, Any]:
     body = {
         "type": "function_call",
         "id": f"fc_{uuid.uuid4().hex[:8]}",
@@ -132,7 +132,7 @@ class Conn:
 async def post_call(conn: Conn, tool: str, rid: str, args: dict[str, Any], item: Any = None) -> Call:
     t = time.perf_counter()
     try:
-        status, outcome, reason = parse_answer(*await conn.post(f"/v1/tools/{tool}", _body(tool, rid, args, item)))
+        status, outcome, reason = parse_answer(*await conn.post(f"/v1/tools/{tool}", tool_body(tool, rid, args, item)))
     except (OSError, EOFError, TimeoutError, ValueError, asyncio.LimitOverrunError) as exc:  # incl. IncompleteRead
         status, outcome, reason = 0, "client_error", type(exc).__name__
     return Call(0, status, outcome, reason, t, time.perf_counter())

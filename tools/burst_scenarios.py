@@ -89,7 +89,7 @@ async def _timed_burst(s: Session, name: str, rids: list[str], k: int, item: dic
     return {**summarize(calls, len(rids), k), **mark.since()}
 
 
-async def _release(s: Session, client: httpx.AsyncClient, rids: list[str]) -> dict[str, Any]:
+async def release_rollouts(s: Session, client: httpx.AsyncClient, rids: list[str]) -> dict[str, Any]:
     s.progress.begin(f"releasing {len(rids)} rollouts", len(rids))
     sem, failed, t = asyncio.Semaphore(64), Counter[str](), time.perf_counter()
 
@@ -161,8 +161,8 @@ async def warm_scenario(s: Session, args: argparse.Namespace) -> dict[str, Any]:
             reset = await client.put(path, json={"warm_pool_size": 0})
             result["pool_reset_status"] = reset.status_code
             if rids:
-                result["release"] = await _release(s, client, rids)
-            result["settle"] = await asyncio.to_thread(_settle, s)
+                result["release"] = await release_rollouts(s, client, rids)
+            result["settle"] = await asyncio.to_thread(settle, s)
             result["pool_available_after_settle"] = (await _pool_available(client))[0]  # 0 unless entries are stale
         return result
 
@@ -173,8 +173,8 @@ async def cold_scenario(s: Session, args: argparse.Namespace) -> dict[str, Any]:
         result = {"environment": "default", **await _timed_burst(s, "cold", rids, args.calls, None)}
     finally:
         async with s.client(64) as client:
-            release = await _release(s, client, rids)
-    return {**result, "release": release, "settle": await asyncio.to_thread(_settle, s)}
+            release = await release_rollouts(s, client, rids)
+    return {**result, "release": release, "settle": await asyncio.to_thread(settle, s)}
 
 
 async def _provision(s: Session, rids: list[str]) -> list[str]:
@@ -260,13 +260,13 @@ def sustained_and_single(s: Session, args: argparse.Namespace) -> tuple[dict[str
 
         async def release() -> None:
             async with s.client(64) as client:
-                await _release(s, client, rids)
+                await release_rollouts(s, client, rids)
 
         asyncio.run(release())
-    return {**sustained, "settle": _settle(s)}, single
+    return {**sustained, "settle": settle(s)}, single
 
 
-def _settle(s: Session) -> dict[str, Any]:
+def settle(s: Session) -> dict[str, Any]:
     """Wait until the service has removed the containers of this run's released rollouts and of
     the bench-warm pool (it removes them in the background), so the next phase does not compete."""
     prefix, t = f"bench-{s.tag}-", time.monotonic()

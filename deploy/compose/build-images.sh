@@ -61,6 +61,8 @@ if ! docker info >/dev/null 2>&1; then
     log "no Docker engine answers; starting one as make up does (deploy/deps.sh; make down stops it)"
     bash "$ROOT/deploy/deps.sh"
 fi
+# The wheel below carries the native guest's binary (package data of sandbox.guest).
+bash "$ROOT/sandbox/guest/native/build.sh"
 step_done prerequisites
 
 VERSION=$("$PY" -c 'import tomllib; print(tomllib.load(open("'"$ROOT"'/pyproject.toml", "rb"))["project"]["version"])')

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,12 +24,14 @@ from docker.types import Mount
 
 from ..domain.container import LABEL_ROLLOUT, LABEL_USER, ImageInfo, SandboxInfo, SandboxSpec
 from ..domain.errors import EngineUnavailable, InternalError, ProvisionFailed, SandboxLost
+from ..guest import GUEST_BINARY_NAME
 from ..guest.guest_protocol import PING, Request
 from ..guest.guest_protocol_stream import DownloadRequest, UploadRequest
 from . import guest_stream
 from .guest_client import GuestProtocolError, GuestUnreachable, call_guest
 
 GUEST_MOUNT = "/opt/sandbox-guest"
+GUEST_BINARY = f"{GUEST_MOUNT}/{GUEST_BINARY_NAME}"
 SOCKET_MOUNT = "/run/sandbox-guest"
 SOCKET_NAME = "guest.sock"
 # What the guest needs to run commands as the sandbox user and kill their process
@@ -61,6 +63,11 @@ class DockerBackend:
         self.client = docker.DockerClient(base_url=docker_host, timeout=int(api_timeout_s), max_pool_size=max_pool_size)
         self.run_dir = Path(run_dir)
         self.guest_dir = Path(guest_dir)
+        binary = self.guest_dir / GUEST_BINARY_NAME
+        if not os.access(binary, os.X_OK):  # a configuration problem: no container could ever start
+            raise ValueError(
+                f"no guest binary at {binary} (SANDBOX_GUEST_DIR): build it with sandbox/guest/native/build.sh"
+            )
         self.on_fallback = on_fallback or (lambda: None)
 
     # --- lifecycle ---
@@ -89,12 +96,12 @@ class DockerBackend:
             raise ProvisionFailed(f"engine refused to create the container: {exc.explanation}") from exc
 
     def _run(self, spec: SandboxSpec, sock_dir: Path) -> str:
-        # A root shell loop restarts the guest if something outside kills it (the model
-        # cannot: it runs as another user); without it the container would stop with its
-        # init's only child. Between death and restart, docker exec serves the calls.
+        # The guest's supervise mode restarts the guest if something outside kills it (the
+        # model cannot: it runs as another user); without it the container would stop with
+        # its init's only child. Between death and restart, docker exec serves the calls.
+        # Nothing of the image runs first: an image needs no shell, no Python, nothing.
         command = [
-            "/bin/sh", "-c", 'while :; do python3 "$0" serve "$@"; sleep 0.2; done',
-            f"{GUEST_MOUNT}/guest.py",
+            GUEST_BINARY, "supervise",
             "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}",
             "--user", spec.user, "--workdir", spec.workdir,
         ]  # fmt: skip
@@ -193,6 +200,21 @@ class DockerBackend:
     def runtimes(self) -> tuple[str, ...]:
         with _engine_errors():
             return tuple(sorted((self.client.info().get("Runtimes") or {}).keys()))
+
+    def container_events(self, labels: dict[str, str], since: float) -> Iterator[tuple[str, str]]:
+        """(event, container id) for each container of `labels` created or destroyed from `since`
+        (the engine replays what happened since then first), as the engine reports them. One
+        long-lived request that stays silent while nothing changes; it ends when the engine goes."""
+        filters = {
+            "type": "container",
+            "event": ["create", "destroy"],
+            "label": [f"{k}={v}" for k, v in labels.items()],
+        }
+        with _engine_errors():
+            stream = self.client.api.events(since=int(since), filters=filters, decode=True)
+            for event in stream:
+                if isinstance(event, dict) and event.get("id"):
+                    yield str(event.get("Action") or event.get("status") or ""), str(event["id"])
 
     def image_names(self) -> tuple[str, ...]:
         with _engine_errors():
@@ -319,7 +341,7 @@ class DockerBackend:
         encoded = base64.b64encode(json.dumps(payload).encode()).decode()
         user = container.labels.get(LABEL_USER, "sandbox")
         workdir = container.attrs["Config"].get("WorkingDir") or "/"
-        cmd = ["python3", f"{GUEST_MOUNT}/guest.py", "once", encoded, "--user", user, "--workdir", workdir]
+        cmd = [GUEST_BINARY, "once", encoded, "--user", user, "--workdir", workdir]
         try:
             with _engine_errors():
                 result = container.exec_run(cmd, user="0", demux=False)

@@ -2,7 +2,7 @@
 hidden tests, and the resolved plan a host runs (PROTOCOL.md, "Grading by running tests").
 
 Pure: reading a hidden `dir` from the host is the API's job (api/test_runs.py); running the
-plan is the guest's (guest/guest_tests.py).
+plan is the guest's (run_tests: guest/native/tests.go).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `tests` grader's score, from what a test run reported (pure; the run is guest_tests.py's).
+"""The `tests` grader's score, from what a test run reported (pure; the run is the guest's run_tests).
 
 Conservative everywhere, because the agent's code ran inside the test run: a test counts as
 passed only when every source that mentions it says so (the guest's pytest plugin and any

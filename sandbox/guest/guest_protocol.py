@@ -1,17 +1,18 @@
 """The guest executor's wire protocol, version 1: the one place it is defined.
 
-The guest (guest.py and its guest_*.py siblings, stdlib Python) runs inside every sandbox
-container; the host worker talks to it (sandbox/backends/guest_client.py, docker.py). Both
-sides build and read messages through the TypedDicts and constants below, and a guest in
-another language (a native Go guest, say) implements exactly what this docstring says.
-Stdlib only: the host imports it as `sandbox.guest.guest_protocol`, the guest in the
-container as the top-level module `guest_protocol` (its directory is on sys.path there).
+The guest (sandbox-guest, a static Go binary built from sandbox/guest/native) runs inside
+every sandbox container; the host worker talks to it (sandbox/backends/guest_client.py,
+docker.py). The worker builds and reads messages through the TypedDicts and constants below;
+the guest implements exactly what this docstring says and mirrors the constants in
+native/protocol.go (tests/unit/test_guest.py checks they agree). Stdlib only: the worker
+imports it as `sandbox.guest.guest_protocol`.
 
 Transport
 ---------
-serve mode, the normal one; the container's main process:
+serve mode, the normal one; the container's main process runs it under `supervise`, which
+starts it again if it dies (native/supervise.go):
 
-    python3 /opt/sandbox-guest/guest.py serve --socket PATH --user USER --workdir DIR
+    /opt/sandbox-guest/sandbox-guest serve --socket PATH --user USER --workdir DIR
 
 - A unix stream socket at PATH, mode 0600 (no moment where it is wider); a missing parent
   directory is created 0700, a stale file at PATH is replaced. The socket is bound only
@@ -21,14 +22,17 @@ serve mode, the normal one; the container's main process:
   one line ended by "\\n" (UTF-8, compact, non-ASCII not escaped) and closes. A request
   line over MAX_REQUEST bytes (4 MiB, the newline included) is answered with an error; a
   connection whose request stalls for 60 s is closed without an answer.
-- Connections are served concurrently, a thread each. When no thread can be started (the
-  container's pids limit is used up), the guest still answers, on the accepting thread:
-  a ping as usual, any other request with the error NO_THREAD (Errors, below); it never
-  drops a connection it accepted. SIGTERM ends the server (exit 0) and removes the socket.
+- Connections are served concurrently. A guest that needs a new thread for a request can
+  fail to start one when the container's pids limit is used up; it must still answer: a
+  ping as usual, any other request with the error NO_THREAD (Errors, below); it never
+  drops a connection it accepted. (The native guest serves each connection on a goroutine
+  and makes its few OS threads at start-up, so it never needs to answer NO_THREAD:
+  native/main.go, server.go.) SIGTERM or SIGINT ends the server (exit 0) and removes the
+  socket.
 
 once mode, the fallback through `docker exec` (one process per request):
 
-    python3 /opt/sandbox-guest/guest.py once BASE64 --user USER --workdir DIR
+    /opt/sandbox-guest/sandbox-guest once BASE64 --user USER --workdir DIR
 
 - BASE64 is the standard base64 of the request's JSON. The reply is printed the same way,
   one line, the last line of stdout. Exit status 0 whenever the request was decoded (error
@@ -112,7 +116,8 @@ read_file -> ReadFileReply | ErrorReply
       message          string: why, for every status but ok, for people; with ok, "" or
                        "only the first 64 MiB were read"
 
-run_tests -> RunTestsReply | ErrorReply  (grading; guest_tests.py has the steps and why)
+run_tests -> RunTestsReply | ErrorReply  (grading; native/tests.go has the steps, and
+    docs/grading-threat-model.md the why)
     command      string, required, non-empty, no NUL: the test command, run as `bash -c`
                  in the workdir as --user.
     timeout      number > 0, seconds; default 300.
@@ -135,7 +140,7 @@ run_tests -> RunTestsReply | ErrorReply  (grading; guest_tests.py has the steps 
     directory, owned by --user, where any runner may write JUnit XML files) and
     SANDBOX_REPORTS_FD (the write end of a pipe the guest reads: the plugin's channel).
     reply: every field of ShellReply, and
-      reports          string: the plugin's JSON lines (pytest_plugin/sandbox_results.py),
+      reports          string: the plugin's JSON lines (native/pytest_plugin/sandbox_results.py),
                        as read from the pipe, first 2 MiB; "" when no pytest ran
       junit            list of strings: the *.xml files left in SANDBOX_TEST_RESULTS
                        (2 MiB in all)
@@ -145,7 +150,7 @@ run_tests -> RunTestsReply | ErrorReply  (grading; guest_tests.py has the steps 
     A failure to set the stage (e.g. no space left: the sandbox's own state) is
     {"error": "could not set up the tests: ...", "setup_failed": true}.
 
-exec -> ExecReply | ErrorReply  (the trainer API: guest_exec.py)
+exec -> ExecReply | ErrorReply  (the trainer API: native/exec.go)
     argv         list of strings, non-empty, no NUL: the program and its arguments (PATH
                  looked up), or
     command      string, no NUL: run as `bash -c COMMAND`. Exactly one of the two.
@@ -198,14 +203,15 @@ Guarantees
   guest is a child subreaper and kills its own descendants instead. once mode sweeps the
   same way, knowing only its own request: a once request running beside a serve guest's
   request (a guest restarted meanwhile) may kill that request's processes.
-- Memory: every shell command starts with oom_score_adj 1000 (its bash sources
-  guest_bash_env.sh, through BASH_ENV, before the command's code; BASH_ENV is unset
-  there), so when the container's memory is used up the kernel's OOM killer takes the
-  model's processes before the guest, which keeps the score the container started it
-  with. Not guaranteed against a command that lowers its own score again (allowed down
-  to that same starting score) and fills the memory with processes smaller than the
-  guest: then the guest can be the OOM killer's choice (docs/architecture.md, "The guest
-  executor").
+- Memory: every shell command starts with oom_score_adj 1000 (its bash sources a script
+  the guest passes as a sealed memfd on fd 3, BASH_ENV=/proc/self/fd/3, before the
+  command's code; the script closes fd 3 and unsets BASH_ENV; where no memfd can be made, a
+  wrapper shell raises the score before it execs bash: native/shell.go), so when the
+  container's memory is used up the kernel's OOM killer takes the model's processes before
+  the guest, which keeps the score the container started it with. Not guaranteed against a
+  command that lowers its own score again (allowed down to that same starting score) and
+  fills the memory with processes smaller than the guest: then the guest can be the OOM
+  killer's choice (docs/architecture.md, "The guest executor").
 - Output is kept as head + tail: of a cap C, the first C // 2 bytes and the last C - C // 2.
   When bytes were left out, output is head + "\\n[... N bytes omitted ...]\\n" + tail, with
   N = truncated_bytes (the marker is not counted in the cap), decoded after joining; the

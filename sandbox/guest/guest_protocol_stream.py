@@ -1,8 +1,8 @@
 """The guest protocol, continued: the two ops that move bytes, `upload` and `download`.
 
 Everything guest_protocol.py says about transport, errors, versions and guarantees holds;
-only the shape of one connection differs. Stdlib only, imported like guest_protocol.py
-(`sandbox.guest.guest_protocol_stream` on the host, `guest_protocol_stream` in the guest).
+only the shape of one connection differs. Stdlib only, imported by the worker like
+guest_protocol.py; the guest's side is native/transfer*.go.
 
 Why a stream and not one JSON line: a request line is at most 4 MiB and a client takes a
 reply of at most 8 MiB, so a file of any size would need chunking into many requests, each

@@ -6,7 +6,7 @@ Two builds, both offline (no network, no pull: every image a Dockerfile names mu
 2. a few lines on top that make it a rollout image: the sandbox user owns the workdir (Harbor
    agents run as root; ours run unprivileged and must be able to edit the task's files), a
    root-only copy of the workdir at /opt/sandbox-base/workdir is the base state grading restores
-   test configuration from (guest_tests.py), and the entrypoint is cleared so the service's
+   test configuration from (the guest's run_tests: native/tests.go), and the entrypoint is cleared so the service's
    command starts the guest.
 
 The workdir is the task image's WORKDIR, read from its config after the first build. The task
@@ -31,7 +31,7 @@ from ..domain.errors import InfraError, ProvisionFailed
 from ..harbor import CONTEXT_DIR
 
 TASK_REPOSITORY = "rollout-task"
-BASE_COPY_ROOT = "/opt/sandbox-base"  # guest_tests.BASE_DIR's parent, root-only
+BASE_COPY_ROOT = "/opt/sandbox-base"  # the guest's baseDir's parent (native/tests.go), root-only
 # A workdir the sandbox user is given must not be a system directory: chown -R of /usr would
 # hand the agent the interpreter that runs the tests, of /opt the base copy grading trusts.
 SYSTEM_DIRS: tuple[str, ...] = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run")

@@ -29,7 +29,7 @@ from . import harbor_image
 
 log = logging.getLogger(__name__)
 IMAGE_REPOSITORY = "rollout-env"
-BASE_COPY = "/opt/sandbox-base/workdir"  # the guest's guest_tests.BASE_DIR
+BASE_COPY = "/opt/sandbox-base/workdir"  # the guest's baseDir (guest/native/tests.go)
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class Preparer:
             source = workspaces.confine(env.source_path, s.workspace_root_list)  # re-checked where it is read
             workspaces.materialise(ws.type, source, context / "workspace", env.commit_sha)
             # The base state again, root's only (0700): what grading restores the agent's edits
-            # of tests and test configuration from (guest_tests.py). COPY copies a directory's
+            # of tests and test configuration from (the guest's run_tests). COPY copies a directory's
             # contents, so the 0700 directory travels inside opt/.
             base_copy = context / "opt" / BASE_COPY.strip("/").removeprefix("opt/")
             shutil.copytree(context / "workspace", base_copy, symlinks=True)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ class Refiller:
     preparer: Preparer
     semaphore: threading.BoundedSemaphore
     clock: Clock = SYSTEM_CLOCK
+    # The host's container count when known without a listing (container_count.py); None: list.
+    count_containers: Callable[[], int | None] = lambda: None
 
     def forget_refills(self) -> int:
         """Drop this host's refill locks; return how many there were.
@@ -64,7 +67,7 @@ class Refiller:
         running = {c.name for c in listing if c.running}
         capacity = s.hosts.capacity
         # Warm containers count against the host's capacity like rollouts do: never fill past it.
-        room = capacity - len(self.backend.list(host_labels(s))) if capacity else None
+        room = capacity - self._containers_on_host() if capacity else None
         created: dict[str, int] = {}
         for env_name, target in self.registry.pool_targets().items():
             if not self.store.pools.lock_refill(s.host_id, env_name):
@@ -76,6 +79,10 @@ class Refiller:
             finally:
                 self.store.pools.unlock_refill(s.host_id, env_name)
         return created
+
+    def _containers_on_host(self) -> int:
+        counted = self.count_containers()
+        return counted if counted is not None else len(self.backend.list(host_labels(self.settings)))
 
     def _refill_one(self, env_name: str, target: int, running: set[str], room: int | None) -> int:
         host = self.settings.host_id

@@ -18,6 +18,7 @@ from ..domain.hosts import FailureWindow, HostView, pick_host, views
 from ..environments import EnvironmentRegistry
 from ..store import Store
 from .call_queue import CallConsumers
+from .container_count import ContainerCount
 from .data_port import DataPort
 from .executor import Executor
 from .forker import Forker
@@ -71,6 +72,13 @@ class WorkerRuntime:
         )
 
     @cached_property
+    def container_count(self) -> ContainerCount:
+        labels = host_labels(self.settings)
+        return ContainerCount(
+            lambda: self.backend.list(labels), lambda since: self.backend.container_events(labels, since)
+        )
+
+    @cached_property
     def dispatcher(self) -> CeleryDispatcher:
         from .app import worker_celery
 
@@ -113,7 +121,10 @@ class WorkerRuntime:
 
     @cached_property
     def refiller(self) -> Refiller:
-        return Refiller(self.store, self.backend, self.settings, self.registry, self.preparer, self.creation_slots)
+        return Refiller(
+            self.store, self.backend, self.settings, self.registry, self.preparer, self.creation_slots,
+            count_containers=self.container_count.value,
+        )  # fmt: skip
 
     @cached_property
     def data_port(self) -> DataPort | None:
@@ -176,7 +187,8 @@ class WorkerRuntime:
         h = self.settings.hosts
         try:
             self.backend.ping()
-            containers = len(self.backend.list(host_labels(self.settings)))
+            counted = self.container_count.value()  # from the engine's events: no listing per beat
+            containers = counted if counted is not None else len(self.backend.list(host_labels(self.settings)))
             runtimes = self._engine_runtimes()
             images = self._engine_images()
             healthy = "1"
@@ -226,6 +238,7 @@ class WorkerRuntime:
                 self._stop.wait(self.settings.hosts.heartbeat_s)
 
         self._started_at = time.time()
+        self.container_count.start(self._stop)
         threading.Thread(target=beat, name="host-heartbeat", daemon=True).start()
 
     def stop(self) -> None:

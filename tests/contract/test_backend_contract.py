@@ -34,11 +34,10 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         yield InMemoryBackend(images=[IMAGE])
         return
     from sandbox.backends.docker import DockerBackend
+    from sandbox.guest import PACKAGED_GUEST_DIR
 
     run_dir = Path(tempfile.mkdtemp(prefix="sbxc-", dir="/tmp"))
-    docker_backend = DockerBackend(
-        "unix:///var/run/docker.sock", run_dir, Path(__file__).resolve().parents[2] / "sandbox" / "guest"
-    )
+    docker_backend = DockerBackend("unix:///var/run/docker.sock", run_dir, PACKAGED_GUEST_DIR)
     try:
         docker_backend.ping()
     except Exception as exc:  # the contract needs the engine `make test` starts

@@ -80,7 +80,7 @@ def test_the_model_cannot_kill_the_executor(stack: Stack) -> None:
     before = stack.metric("sandbox_guest_fallbacks_total", {}, source="worker")
     r = stack.shell(rid, "kill -9 -1; pkill -9 python3; pkill -9 -f guest; echo tried")
     assert r.status_code == 200  # its own shell may die in the attempt; the executor answers either way
-    after = stack.shell(rid, "cat f; ps -eo user,args | grep -c '[g]uest.py serve'")
+    after = stack.shell(rid, "cat f; ps -eo user,args | grep -c '[s]andbox-guest serve'")
     assert after.status_code == 200
     out = after.json()["output"].splitlines()
     assert out[0] == "x" and int(out[1]) >= 1

@@ -229,7 +229,17 @@ def test_an_infra_fault_mid_session_is_an_unavailability_the_sdk_retries_and_is_
         )
         s.start_worker()
         s.wait_ready()
-        assert sbx.files.read("/workspace/state.txt") == "before\n"
+        # /readyz goes by the host's registration, which the stopped worker left fresh: the new
+        # worker may still be starting (seconds on a loaded machine), and a call waits only 2 s
+        # here. Retry as an E2B user does on SandboxUnreachableException.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert sbx.files.read("/workspace/state.txt") == "before\n"
+                break
+            except SandboxUnreachableException:
+                assert time.monotonic() < deadline, "the restarted worker never took the call"
+                time.sleep(0.5)
         assert sbx.commands.run("echo after").stdout == "after\n"
         sbx.kill()
     finally:

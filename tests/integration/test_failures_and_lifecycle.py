@@ -126,8 +126,8 @@ def test_guest_killed_from_outside_is_restarted_and_unreachable_guest_falls_back
     r1 = rid("guestdead")
     assert stack.shell(r1, "echo x > f").status_code == 200
     container = stack.containers_of(r1)[0]
-    # Kill the guest as root from outside the model: its supervisor loop restarts it.
-    container.exec_run(["sh", "-c", "kill -9 $(pgrep -f 'guest.py serve')"], user="0")
+    # Kill the guest as root from outside the model: its supervisor restarts it.
+    container.exec_run(["sh", "-c", "kill -9 $(pgrep -f 'sandbox-guest serve')"], user="0")
     r = stack.shell(r1, "cat f; id -un")
     assert r.status_code == 200, r.text
     assert r.json()["output"] == "x\nsandbox\n"

@@ -46,7 +46,18 @@ def git(repo: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def calc_env(stack: Stack) -> str:
-    """A git repository at the buggy commit, with its hidden tests registered beside it."""
+    """A git repository at the buggy commit (with a root conftest.py, as most repositories have),
+    with its hidden tests registered beside it; grading restores tests/."""
+    return make_calc_env(stack, ["tests/"])
+
+
+@pytest.fixture(scope="module")
+def unrestored_env(stack: Stack) -> str:
+    """The same, with no `restore`: tests/ stays as the agent left it (many datasets list none)."""
+    return make_calc_env(stack, None)
+
+
+def make_calc_env(stack: Stack, restore: list[str] | None) -> str:
     tag = uuid.uuid4().hex[:6]
     repo = stack.workspace_root / f"calc-{tag}"
     (repo / "calc").mkdir(parents=True)
@@ -61,16 +72,17 @@ def calc_env(stack: Stack) -> str:
         "from calc import sub\n\n\ndef test_sub():\n    assert sub(3, 1) == 2\n"
     )
     (repo / "pytest.ini").write_text("[pytest]\naddopts = -q\n")
+    (repo / "conftest.py").write_text('"""Shared test configuration."""\n\ncollect_ignore = ["build"]\n')
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "calc with a bug in add")
     hidden = stack.workspace_root / f"calc-hidden-{tag}"
     (hidden / "tests").mkdir(parents=True)
     (hidden / "tests" / "test_hidden.py").write_text(HIDDEN_TEST)
     name = f"calc-{tag}"
-    spec = {
-        "workspace": {"type": "git", "path": str(repo), "commit": "main"},
-        "tests": {"dir": str(hidden), "command": "python3 -m pytest tests", "restore": ["tests/"], "timeout_s": 60},
-    }
+    tests: dict[str, Any] = {"dir": str(hidden), "command": "python3 -m pytest tests", "timeout_s": 60}
+    if restore is not None:
+        tests["restore"] = restore
+    spec = {"workspace": {"type": "git", "path": str(repo), "commit": "main"}, "tests": tests}
     r = stack.put_environment(name, spec)
     assert r.status_code == 200, r.text
     assert r.json()["tests"]["dir"] == str(hidden)
@@ -81,8 +93,9 @@ def play(stack: Stack, env: str, *commands: str) -> str:
     """A trajectory: the commands, in order, through the shell tool; returns the rollout id."""
     rid = f"tg-{uuid.uuid4().hex[:10]}"
     for command in commands:
-        r = stack.shell(rid, command, item={"environment": env})
+        r = stack.shell(rid, command, item={"environment": env}, timeout=120)
         assert r.status_code == 200, r.text
+        assert r.headers["X-Sandbox-Reason"] != "timeout", command  # a hack cut short proves nothing
     return rid
 
 
@@ -139,6 +152,10 @@ def test_a_hanging_test_is_the_models_zero(stack: Stack, calc_env: str) -> None:
     assert r.json()["score"] == 0.0 and r.json()["tests"]["timed_out"] and r.json()["tests"]["reason"] == "timed_out"
 
 
+PASS_EVERYTHING = (
+    "import pytest\n@pytest.hookimpl(hookwrapper=True)\ndef pytest_runtest_makereport(item, call):\n"
+    "    out = yield\n    out.get_result().outcome = 'passed'\n"
+)
 HACKS = {
     "deletes the hidden test's place and the visible tests": [
         "rm -rf tests; mkdir -p tests/test_hidden.py; chmod 000 tests/test_hidden.py tests",
@@ -214,26 +231,94 @@ HACKS = {
         "    'sleep 1; for f in $SANDBOX_TEST_RESULTS/*; do echo pass > $f; done'])\n"
         "EOF",
     ],
+    "a pytest11 entry point in a .dist-info in the workdir, which pytest autoloads": [
+        # The workdir is on sys.path under `python -m pytest`, so importlib.metadata finds it.
+        "mkdir -p evil-1.0.dist-info; printf 'Metadata-Version: 2.1\\nName: evil\\nVersion: 1.0\\n'"
+        " > evil-1.0.dist-info/METADATA; printf '[pytest11]\\nevil = evilmod\\n' > evil-1.0.dist-info/entry_points.txt",
+        "cat > evilmod.py <<'EOF'\n" + PASS_EVERYTHING + "EOF",
+    ],
+    "a pytest11 entry point in an .egg-info in the workdir, named in capitals": [
+        "mkdir -p Evil.EGG-INFO; printf 'Metadata-Version: 1.0\\nName: evil\\nVersion: 1.0\\n'"
+        " > Evil.EGG-INFO/PKG-INFO; printf '[pytest11]\\nevil = evilmod\\n' > Evil.EGG-INFO/entry_points.txt",
+        "cat > evilmod.py <<'EOF'\n" + PASS_EVERYTHING + "EOF",
+    ],
+    "forged bytecode for the conftest.py that grading restores": [
+        # The restore keeps the base's modification time, which the agent's copy has too: a pyc
+        # stamped with conftest.py's mtime and size is what pytest's assertion rewriter loads.
+        "python3 - <<'EOF'\nimport importlib.util, marshal, os, sys\nimport pytest\n"
+        "st = os.stat('conftest.py')\n"
+        "head = importlib.util.MAGIC_NUMBER + bytes(4) + (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, 'little')"
+        " + (st.st_size & 0xFFFFFFFF).to_bytes(4, 'little')\n"
+        "code = marshal.dumps(compile(" + repr(PASS_EVERYTHING) + ", os.path.abspath('conftest.py'), 'exec'))\n"
+        "os.makedirs('__pycache__', exist_ok=True)\n"
+        "for tail in ('', '-pytest-' + pytest.__version__):\n"
+        "    with open(f'__pycache__/conftest.{sys.implementation.cache_tag}{tail}.pyc', 'wb') as f:\n"
+        "        f.write(head + code)\n"
+        "EOF",
+    ],
+    "a conftest/ package beside the restored conftest.py, found first, that claims its file": [
+        # Python's import system finds a package directory (and an extension module) before
+        # NAME.py; pytest then only compares the module's __file__, which the package sets.
+        "mkdir -p conftest; cat > conftest/__init__.py <<'EOF'\nimport os\n"
+        "__file__ = os.path.dirname(__file__) + '.py'\n" + PASS_EVERYTHING + "EOF",
+    ],
+    "a tests/test_hidden/ package, found before the hidden test module, with tests that pass": [
+        "mkdir -p tests/test_hidden; cat > tests/test_hidden/__init__.py <<'EOF'\nimport os\n"
+        "__file__ = os.path.dirname(__file__) + '.py'\n"
+        "def test_add(): pass\ndef test_add_negative(): pass\ndef test_sub_still_works(): pass\nEOF",
+    ],
+    "a tests/__init__.py that makes the hidden tests a package of the agent's, imported first": [
+        # pytest imports tests/test_hidden.py as tests.test_hidden when tests/ has an __init__.py:
+        # the agent's __init__ runs in the test process before any test, and registers a plugin.
+        "cat > tests/__init__.py <<'EOF'\nimport gc\nimport pytest\nfrom _pytest.config import Config\n"
+        "class Plugin:\n    @pytest.hookimpl(hookwrapper=True)\n"
+        "    def pytest_runtest_makereport(self, item, call):\n"
+        "        out = yield\n        out.get_result().outcome = 'passed'\n"
+        "for config in [o for o in gc.get_objects() if isinstance(o, Config)]:\n"
+        "    config.pluginmanager.register(Plugin())\nEOF",
+    ],
+    "a conftest.py hidden past the configuration search's 200,000 entries": [
+        # The search walks the tree top down in name order: a0..a3 come before tests/. 200,004
+        # empty files, as hard links (a few seconds; new inodes on the overlay take 15-60 s).
+        "python3 -c \"import os\nfor d in range(4):\n    os.mkdir(f'a{d}'); open(f'a{d}/0', 'w').close()\n"
+        "    for i in range(1, 50_001): os.link(f'a{d}/0', f'a{d}/{i}')\"",
+        "cat > tests/conftest.py <<'EOF'\n" + PASS_EVERYTHING + "EOF",
+    ],
 }
+# The environments each hack is played in: the one that restores tests/ (calc_env), and the one
+# without `restore` (unrestored_env), where the hidden test's directory is the agent's.
+UNRESTORED_TOO = {
+    "a tests/test_hidden/ package, found before the hidden test module, with tests that pass",
+    "a tests/__init__.py that makes the hidden tests a package of the agent's, imported first",
+}
+UNRESTORED_ONLY = {"a conftest.py hidden past the configuration search's 200,000 entries"}
+PLAYS = [(hack, "calc_env") for hack in HACKS if hack not in UNRESTORED_ONLY] + [
+    (hack, "unrestored_env") for hack in HACKS if hack in UNRESTORED_TOO | UNRESTORED_ONLY
+]
 
 
-@pytest.mark.parametrize("hack", list(HACKS))
-def test_every_known_hack_scores_zero(stack: Stack, calc_env: str, hack: str) -> None:
-    rid = play(stack, calc_env, *HACKS[hack])
+@pytest.mark.parametrize(("hack", "env"), PLAYS)
+def test_every_known_hack_scores_zero(stack: Stack, request: pytest.FixtureRequest, hack: str, env: str) -> None:
+    env_name = request.getfixturevalue(env)
+    rid = play(stack, env_name, *HACKS[hack])
     r = grade(stack, rid, **lists())
     assert r.status_code == 200, r.text
     assert r.json()["score"] == 0.0, (hack, r.json()["tests"])
     # Without the lists (exit status alone), the hack fails too.
-    rid = play(stack, calc_env, *HACKS[hack])
+    rid = play(stack, env_name, *HACKS[hack])
     r = grade(stack, rid)
     assert r.status_code == 200, r.text
     assert r.json()["score"] == 0.0, (hack, r.json()["tests"])
 
 
-def test_the_fix_still_scores_one_beside_a_harmless_conftest(stack: Stack, calc_env: str) -> None:
+def test_the_fix_still_scores_one_beside_a_harmless_conftest(stack: Stack, calc_env: str, unrestored_env: str) -> None:
     """The defences remove what the agent added to test configuration, not its real fix."""
     rid = play(stack, calc_env, FIX, "printf 'x = 1\\n' > conftest.py; echo '[pytest]' > tests/pytest.ini")
     r = grade(stack, rid)
+    assert r.status_code == 200 and r.json()["score"] == 1.0, r.json()
+    # nor a package of its own, nor its own files beside the hidden test's place
+    rid = play(stack, unrestored_env, FIX, "mkdir -p tools && touch tools/__init__.py tests/test_hidden.json")
+    r = grade(stack, rid, **lists())
     assert r.status_code == 200 and r.json()["score"] == 1.0, r.json()
 
 

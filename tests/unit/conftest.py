@@ -1,10 +1,13 @@
 """Fixtures the unit tests share: worlds over the in-memory fakes, and a bare store, each on a
-key prefix of its own in the session's private Redis, removed after the test."""
+key prefix of its own in the session's private Redis, removed after the test; the native guest,
+built once, and a guest serving a workdir of its own for each module that asks."""
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +16,7 @@ import redis
 from sandbox.store import Store
 from tests.fakes.host import World, build_world, drop_world
 from tests.stack import RedisServer
+from tests.unit.guest_process import build_native_guest, start_server
 
 MakeWorld = Callable[..., World]
 
@@ -44,3 +48,22 @@ def store(redis_server: RedisServer) -> Iterator[Store]:
     for key in client.scan_iter(f"{prefix}:*"):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def native_guest() -> Path:
+    """The guest binary, built (or found up to date) by build.sh: offline, idempotent."""
+    return build_native_guest()
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory, native_guest: Path) -> Iterator[dict[str, Any]]:
+    """A guest serving as the test's user; its socket's directory does not exist yet: it makes it."""
+    base = tmp_path_factory.mktemp("guest")
+    workdir = base / "workspace"
+    workdir.mkdir()
+    sock = base / "run" / "guest.sock"
+    proc = start_server(sock, workdir, base / "guest.log")
+    yield {"sock": sock, "workdir": workdir, "proc": proc}
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0

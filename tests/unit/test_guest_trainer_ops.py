@@ -1,15 +1,12 @@
 """The guest's trainer-API ops (exec, upload, download), run as a real process over its real socket,
-driven by the worker's own clients (guest_client.py, guest_stream.py)."""
+driven by the worker's own clients (guest_client.py, guest_stream.py). test_guest_transfer.py has
+the transfers in full: every status, the data, the trees they leave."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
 import tarfile
 from typing import Any
 
@@ -19,19 +16,7 @@ from sandbox.backends import guest_stream
 from sandbox.backends.guest_client import call_guest
 from sandbox.guest.guest_protocol import exec_request
 from sandbox.guest.guest_protocol_stream import download_request, upload_request
-from tests.unit.test_guest import GUEST, USER, live_procs_with_arg, start_server
-
-
-@pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("guest-trainer")
-    workdir = base / "workspace"
-    workdir.mkdir()
-    sock = base / "run" / "guest.sock"
-    proc = start_server(sock, workdir, base / "guest.log")
-    yield {"sock": sock, "workdir": workdir}
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=5) == 0
+from tests.unit.guest_process import HOME, USER, live_procs_with_arg, normalized, raw_call, run_once, wire
 
 
 def run(g: dict[str, Any], argv: list[str] | None = None, command: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -105,21 +90,95 @@ def test_exec_caps_each_stream_head_and_tail(guest):
     assert r["stdout"].startswith("a" * 50) and "[... 4900 bytes omitted ...]" in r["stdout"]
 
 
-def test_exec_is_served_by_the_once_mode_fallback_too(tmp_path):
+def test_exec_is_served_by_once_mode_and_the_stream_ops_are_not(tmp_path, native_guest):
     payload = exec_request(["echo", "from once"], None, timeout=5, output_cap=100)
-    encoded = base64.b64encode(json.dumps(payload).encode()).decode()
-    cmd = [sys.executable, str(GUEST), "once", encoded, "--user", USER, "--workdir", str(tmp_path)]
-    reply = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    reply = json.loads(run_once(json.dumps(payload).encode(), tmp_path).stdout.splitlines()[-1])
     assert reply["stdout"] == "from once\n"
-    stream = base64.b64encode(json.dumps(upload_request("x", "file", 1, None, 5)).encode()).decode()
-    cmd[3] = stream
-    reply = json.loads(subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[-1])
-    assert "serve mode only" in reply["error"]
+    stream = json.dumps(upload_request("x", "file", 1, None, 5)).encode()
+    assert "serve mode only" in json.loads(run_once(stream, tmp_path).stdout.splitlines()[-1])["error"]
 
 
 def test_a_malformed_exec_is_an_error_reply(guest):
     assert "exactly one" in call_guest(guest["sock"], {"op": "exec"}, 10)["error"]
     assert "'env'" in call_guest(guest["sock"], {"op": "exec", "command": "ls", "env": {"A=B": "x"}}, 10)["error"]
+
+
+def ran(
+    stdout: str,
+    stderr: str = "",
+    exit_code: int | None = 0,
+    signal: int | None = None,
+    timed_out: bool = False,
+    truncated: tuple[int, int] = (0, 0),
+    sizes: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """An exec reply (duration normalized); sizes are the streams' own unless given."""
+    out_bytes, err_bytes = sizes or (len(stdout.encode()), len(stderr.encode()))
+    return {
+        "exit_code": exit_code,
+        "signal": signal,
+        "timed_out": timed_out,
+        "oom_killed": False,
+        "stdout": stdout,
+        "stderr": stderr,
+        "stdout_bytes": out_bytes,
+        "stderr_bytes": err_bytes,
+        "stdout_truncated_bytes": truncated[0],
+        "stderr_truncated_bytes": truncated[1],
+        "duration_ms": 0,
+    }
+
+
+def exec_cases(w: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(request, the reply it gets) with the workdir w. No BASH_ENV among the env: the guest's own
+    (its OOM-score script) is what a command gets, test_guest_shell.py shows."""
+    env = (
+        f"SHELL=/bin/bash\nZED=1\nA_VAR=v=1\nPWD={w}\nLOGNAME={USER}\nHOME={HOME}\nLANG=C.UTF-8\nTERM=dumb\n"
+        f"USER={USER}\nSHLVL=0\nPATH=/bin:/usr/bin\nOLDPWD=/\n"
+    )
+    a_head, a_tail, b_head, b_tail = "a" * 50, "a" * 51, "b" * 50, "b" * 51
+    return [
+        ({"op": "exec", "command": "echo out; echo err >&2; echo out2; exit 3"}, ran("out\nout2\n", "err\n", 3)),
+        (
+            {"op": "exec", "command": "echo out; echo err >&2; echo out2", "merge_stderr": True},
+            ran("out\nerr\nout2\n"),
+        ),
+        ({"op": "exec", "argv": ["printf", "%s|", "$HOME; ls", "*"]}, ran("$HOME; ls|*|")),
+        ({"op": "exec", "argv": ["env"], "env": {"ZED": "1", "PATH": "/bin:/usr/bin", "A_VAR": "v=1"}}, ran(env)),
+        (
+            {"op": "exec", "argv": ["no-such-program-x"]},
+            ran("", "bash: line 1: exec: no-such-program-x: not found\n", 127),
+        ),
+        ({"op": "exec", "argv": ["pwd"], "cwd": "sub"}, ran(f"{w}/sub\n")),
+        (
+            {"op": "exec", "command": "echo never", "cwd": "no/such/dir"},
+            ran("", f"bash: line 1: cd: {w}/no/such/dir: No such file or directory\n", 1),
+        ),
+        ({"op": "exec", "command": "sleep 5 & sleep 5", "timeout": 0.3}, ran("", "", None, 9, True)),
+        (
+            {
+                "op": "exec",
+                "command": "head -c 5000 /dev/zero | tr '\\0' a; head -c 3000 /dev/zero | tr '\\0' b >&2",
+                "output_cap": 101,
+            },
+            ran(
+                f"{a_head}\n[... 4899 bytes omitted ...]\n{a_tail}",
+                f"{b_head}\n[... 2899 bytes omitted ...]\n{b_tail}",
+                truncated=(4899, 2899),
+                sizes=(5000, 3000),
+            ),
+        ),
+        (
+            {"op": "exec", "command": "ls /proc/self/fd; cat /proc/self/oom_score_adj", "env": [], "merge_stderr": 0},
+            ran("0\n1\n2\n3\n1000\n"),  # an empty list for env, 0 for false: accepted
+        ),
+    ]
+
+
+def test_exec_replies_in_full(guest):
+    (guest["workdir"] / "sub").mkdir(exist_ok=True)
+    for request, expected in exec_cases(str(guest["workdir"])):
+        assert normalized(raw_call(guest["sock"], wire(request))) == wire(expected), request
 
 
 # --- upload and download --------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 # Build the native guest: a static binary (no libc, no runtime dependency in the image) at
 # sandbox/guest/native/bin/sandbox-guest, from the standard library only, offline.
 #   build.sh         build it when a .go file or go.mod is newer than the binary (else nothing)
-#   build.sh test    go vet, gofmt and the Go unit tests (tests/unit/test_guest_native.py runs it)
+#   build.sh test    go vet, gofmt and the Go unit tests (tests/unit/test_guest.py runs it)
 # Go's caches live under the project's .run/ (gitignored), never in $HOME; GOPROXY=off: a
 # dependency (there is none) could not be fetched. Needs Debian's golang-go (Go >= 1.19),
 # which deploy/install.sh installs. Prints one progress line.
@@ -40,7 +40,7 @@ if [[ ${1:-} == test ]]; then
 fi
 
 # Up to date: the binary exists and no source is newer.
-if [[ -x $BIN ]] && [[ -z $(find . -path ./bin -prune -o \( -name '*.go' -o -name go.mod \) -newer "$BIN" -print -quit) ]]; then
+if [[ -x $BIN ]] && [[ -z $(find . -path ./bin -prune -o \( -name '*.go' -o -name go.mod -o -path './pytest_plugin/*.py' \) -newer "$BIN" -print -quit) ]]; then
     log "up to date: $BIN"
     exit 0
 fi

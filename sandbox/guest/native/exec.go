@@ -1,5 +1,5 @@
 // The exec op (the trainer API): a program or a bash command with its own cwd and
-// environment, stdout and stderr kept apart (guest_exec.py). Shell's guarantees hold, kept
+// environment, stdout and stderr kept apart. Shell's guarantees hold, kept
 // the same way: the user switch, a group of its own, the deadline and the kill until the
 // group is empty, the sweep, the OOM score.
 package main

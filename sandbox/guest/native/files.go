@@ -1,5 +1,4 @@
-// The read_file op: selected lines of a text file, with statuses an agent can act on
-// (guest_files.py).
+// The read_file op: selected lines of a text file, with statuses an agent can act on.
 //
 // The file is read by a program running as the sandbox user, started the way commands are,
 // so the kernel checks the user's permissions, symlinks and /proc included: the guest itself

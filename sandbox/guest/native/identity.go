@@ -1,5 +1,5 @@
-// Who commands run as (guest_shell.resolve_identity): --user, read from /etc/passwd and
-// /etc/group on every request, as the Python guest's pwd lookups do; switched to in the
+// Who commands run as: --user, read from /etc/passwd and /etc/group on every request (an
+// image's or a test's change to them counts at once, no cache to go stale); switched to in the
 // child between fork and exec (SysProcAttr.Credential: uid, gid and groups), so neither
 // setpriv nor a wrapper is needed.
 package main

@@ -1,5 +1,6 @@
-// JSON in and out, the way the Python guest reads and writes it, so that both guests answer
-// the same request with the same bytes (pids and durations aside).
+// JSON in and out, as the protocol fixes it (guest_protocol.py) and as Python's json module
+// reads and writes it, which the worker uses: a reply is the same bytes the worker would
+// encode (pids and durations aside), and a request is read the way the worker meant it.
 //
 // In: an object keeps its keys in order (exec's env is added to the command's environment in
 // the request's order, as a Python dict would); numbers stay their literal (json.Number), so
@@ -175,7 +176,7 @@ func truthy(v any) bool {
 	return true
 }
 
-// numberField is guest_common.number_field: an int or a finite float, or the default.
+// numberField: an int or a finite float, or the default.
 func numberField(req *jobj, name string, def float64) (float64, error) {
 	v := req.get(name)
 	if v == nil {
@@ -192,7 +193,7 @@ func numberField(req *jobj, name string, def float64) (float64, error) {
 	return f, nil
 }
 
-// intField is guest_common.int_field: a non-negative int, or the default. Values beyond
+// intField: a non-negative int, or the default. Values beyond
 // int64 are taken as its largest (every caller caps them far below).
 func intField(req *jobj, name string, def int64) (int64, error) {
 	v := req.get(name)
@@ -231,7 +232,7 @@ type kv struct {
 }
 type obj []kv
 
-// encodeReply is guest.py's encode: one compact JSON line.
+// encodeReply: one compact JSON line, non-ASCII as UTF-8 (json.dumps with ensure_ascii=False).
 func encodeReply(o obj) []byte {
 	var b bytes.Buffer
 	writeValue(&b, o)

@@ -1,11 +1,11 @@
-// sandbox-guest: the in-container agent that runs a rollout's tool calls, a native
-// replacement for the Python guest (sandbox/guest/guest.py), speaking the same protocol
-// (sandbox/guest/guest_protocol.py, whose docstring is the specification).
+// sandbox-guest: the in-container agent that runs a rollout's tool calls, speaking the guest
+// protocol (sandbox/guest/guest_protocol.py, whose docstring is the specification).
 //
 // A static binary with no runtime dependency: bind-mounted into arbitrary sandbox images and
 // run there as the container's main process (under docker's init), or once per request
 // through `docker exec`:
 //
+//	sandbox-guest supervise --socket PATH [--user USER] [--workdir DIR]   (the container's command)
 //	sandbox-guest serve --socket PATH [--user USER] [--workdir DIR]
 //	sandbox-guest once BASE64 [--user USER] [--workdir DIR]
 //
@@ -21,7 +21,8 @@ import (
 	"syscall"
 )
 
-const usage = `usage: sandbox-guest serve --socket PATH [--user USER] [--workdir DIR]
+const usage = `usage: sandbox-guest supervise --socket PATH [--user USER] [--workdir DIR]
+       sandbox-guest serve --socket PATH [--user USER] [--workdir DIR]
        sandbox-guest once BASE64 [--user USER] [--workdir DIR]
 `
 
@@ -37,6 +38,10 @@ func main() {
 	if code >= 0 {
 		os.Exit(code)
 	}
+	if opts.mode == "supervise" {
+		restoreFileLimit() // the guest it starts inherits the container's own limit
+		os.Exit(supervise(os.Args[2:]))
+	}
 	closeInheritedOnExec()
 	restoreFileLimit()
 	setupBashEnv()
@@ -49,8 +54,8 @@ func main() {
 	os.Exit(once(opts.request, opts.workdir, opts.user))
 }
 
-// parseArgs reads the same command line as guest.py's argparse: options in any order, as
-// "--opt value" or "--opt=value". code >= 0 means exit with it (help, or a usage error).
+// parseArgs reads the command line the way Python's argparse would, which the protocol's
+// command lines were written for: options in any order, as "--opt value" or "--opt=value". code >= 0 means exit with it (help, or a usage error).
 func parseArgs(args []string) (options, int) {
 	opts := options{workdir: "/workspace"}
 	fail := func(msg string) (options, int) {
@@ -65,8 +70,8 @@ func parseArgs(args []string) (options, int) {
 		return opts, 0
 	}
 	opts.mode = args[0]
-	if opts.mode != "serve" && opts.mode != "once" {
-		return fail("invalid mode: " + strconv.Quote(opts.mode) + " (choose from 'serve', 'once')")
+	if opts.mode != "serve" && opts.mode != "once" && opts.mode != "supervise" {
+		return fail("invalid mode: " + strconv.Quote(opts.mode) + " (choose from 'supervise', 'serve', 'once')")
 	}
 	var positional []string
 	rest := args[1:]
@@ -91,7 +96,7 @@ func parseArgs(args []string) (options, int) {
 			target = &opts.user
 		case name == "workdir":
 			target = &opts.workdir
-		case name == "socket" && opts.mode == "serve":
+		case name == "socket" && opts.mode != "once":
 			target = &opts.socket
 		default:
 			return fail("unrecognized arguments: " + arg)
@@ -106,7 +111,7 @@ func parseArgs(args []string) (options, int) {
 		*target = value
 	}
 	switch opts.mode {
-	case "serve":
+	case "serve", "supervise":
 		if len(positional) > 0 {
 			return fail("unrecognized arguments: " + strings.Join(positional, " "))
 		}
@@ -127,7 +132,7 @@ func parseArgs(args []string) (options, int) {
 
 // restoreFileLimit undoes what Go's os package does at start-up: it raises the soft limit of
 // open files to the hard one, and Go 1.19 keeps that raised limit in the children it
-// starts, where the Python guest's commands see the container's own (a program that closes
+// starts, where commands must see the container's own (a program that closes
 // every possible descriptor, or sizes a table by the limit, would behave differently). The
 // original is gone by main; the guest's parent still has it (docker's init in serve mode;
 // init too under `docker exec`, whose processes get the container's limits).

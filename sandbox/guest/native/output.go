@@ -1,4 +1,4 @@
-// Output kept as head + tail (guest_common.HeadTailBuffer), and bytes decoded into text
+// Output kept as head + tail, and bytes decoded into text
 // exactly as Python's bytes.decode("utf-8", "replace") does it.
 package main
 
@@ -90,7 +90,7 @@ func (b *HeadTailBuffer) Dropped() int64 {
 }
 
 // Text is head + marker + tail, decoded after joining, so that a character cut at the seam
-// becomes one U+FFFD; the marker is byte-identical to the Python guest's.
+// becomes one U+FFFD; the marker is the protocol's (guest_protocol.py, "Guarantees").
 func (b *HeadTailBuffer) Text() string {
 	joined := make([]byte, 0, len(b.head)+b.tailLen+40)
 	joined = append(joined, b.head...)

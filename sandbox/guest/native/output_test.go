@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// The same check as test_guest.py's test_head_tail_buffer_streams_in_small_writes.
+// The buffer fed a byte at a time keeps the same head and tail as one write would.
 func TestHeadTailBufferStreamsInSmallWrites(t *testing.T) {
 	b := NewHeadTailBuffer(10)
 	for _, c := range []byte("0123456789abcdefghij") {

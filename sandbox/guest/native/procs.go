@@ -1,5 +1,5 @@
 // The guest's processes: starting them on record, waiting for them, and killing whatever the
-// sandbox user leaves (guest_procs.py, whose docstring has the why at length).
+// sandbox user leaves.
 //
 // Nothing the sandbox user starts may outlive its call, whatever session or process group it
 // moved itself into. Killing the command's own group is not enough (`setsid` leaves it), so
@@ -10,7 +10,7 @@
 // such a child, in such a child's group, or below one. The lock also keeps a sweep from
 // seeing a child between its start and its record.
 //
-// The user is found by uid. When commands run as the guest's own uid (tests, `docker exec
+// The user is found by uid: its processes cannot change their uid. When commands run as the guest's own uid (tests, `docker exec
 // -u`), the guest is a child subreaper instead: orphans come to it, and the sweep kills its
 // own descendants (and reaps the orphans' zombies, by pid, never wait(-1), which would take
 // a running command's status from its request).
@@ -146,7 +146,7 @@ var devNull struct {
 
 func devNullFD() (int, error) {
 	devNull.once.Do(func() {
-		// read-write, as Python's subprocess.DEVNULL: a command sees the same stdin
+		// read-write, as subprocess.DEVNULL is: a command may write to its stdin too
 		devNull.fd, devNull.err = syscall.Open("/dev/null", syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	})
 	return devNull.fd, devNull.err
@@ -231,9 +231,9 @@ func spawnOnce(spec spawnSpec) (*child, error) {
 }
 
 // closeInheritedOnExec marks every descriptor the guest inherited above stderr close-on-exec:
-// ForkExec passes a child every descriptor that is not, where Python's Popen closes all but
-// the child's own (close_fds), so a command would otherwise get whatever the guest's parent
-// left open. The guest's own descriptors are all opened close-on-exec.
+// ForkExec passes a child every descriptor that is not, so a command would otherwise get
+// whatever the guest's parent left open; it must get only its own (as Popen's close_fds
+// would leave it). The guest's own descriptors are all opened close-on-exec.
 func closeInheritedOnExec() {
 	d, err := os.Open("/proc/self/fd")
 	if err != nil {

@@ -27,7 +27,7 @@ func field(reply obj, key string) any {
 	return nil
 }
 
-// As test_guest.py's test_fork_failure_is_retried_then_reported_retryable.
+// A start that keeps failing with EAGAIN is retried for about 1 s, then reported retryable.
 func TestForkFailureIsRetriedThenReportedRetryable(t *testing.T) {
 	calls := failingStarts(t)
 	req, _ := decodeJSON([]byte(`{"op": "shell", "command": "true", "timeout": 5}`))
@@ -44,7 +44,7 @@ func TestForkFailureIsRetriedThenReportedRetryable(t *testing.T) {
 	}
 }
 
-// As test_guest.py's test_a_reader_that_cannot_start_is_reported_pids_exhausted.
+// A read_file reader that cannot start is an error reply saying the pids are used up.
 func TestAReaderThatCannotStartIsReportedPidsExhausted(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(dir+"/f.txt", []byte("x\n"), 0o644)

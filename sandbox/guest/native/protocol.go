@@ -1,7 +1,7 @@
 // The guest's wire protocol, version 1. sandbox/guest/guest_protocol.py is the one
 // specification (its docstring: transport, modes, ops, errors, guarantees); this file only
-// mirrors its constants, which tests/unit/test_guest_native.py compares with the Python ones,
-// and names the replies the way both guests build them.
+// mirrors its constants, which tests/unit/test_guest.py compares with guest_protocol.py's,
+// and names the replies' fields.
 package main
 
 import "fmt"

@@ -1,5 +1,5 @@
 // Serving requests: serve mode on a unix socket, once mode through `docker exec`, and the
-// dispatch both share (guest.py).
+// dispatch both share.
 package main
 
 import (
@@ -23,19 +23,12 @@ const stallTimeout = 60 * time.Second // a client that never finishes its reques
 // opHandler runs one op for an identity already resolved.
 type opHandler func(req *jobj, workdir string, id Identity) (obj, error)
 
-// ops: the ops answered through handle. run_tests comes next (guest_tests.py); until then it
-// is answered as not implemented here, after the same checks as the others.
+// ops: the ops answered through handle (upload and download stream, and are served apart).
 var ops = map[string]opHandler{
 	OpShell:    runShell,
 	OpReadFile: readFile,
 	OpExec:     runExec,
-	OpRunTests: notImplemented(OpRunTests),
-}
-
-func notImplemented(op string) opHandler {
-	return func(*jobj, string, Identity) (obj, error) {
-		return nil, badRequest(op + " is not implemented by the native guest yet")
-	}
+	OpRunTests: runTests,
 }
 
 // handle dispatches one decoded request; every failure becomes an {"error": ...} answer.
@@ -129,7 +122,7 @@ func serve(sockPath, workdir, user string) int {
 			continue
 		}
 		// A goroutine, not a thread: starting one never fails for want of pids, so the
-		// Python guest's NO_THREAD answer has no case here.
+		// protocol's NO_THREAD answer has no case here.
 		go s.serveConn(conn)
 	}
 }
@@ -180,29 +173,13 @@ func isStreamOp(o *jobj) bool {
 }
 
 // stream answers upload and download, which move raw bytes on their connection
-// (guest_protocol_stream.py). They come next; until then the answer is an error, given
-// after an upload's bytes were read (as much as announced, while they keep coming), so that
-// the client sees the answer instead of a connection reset.
+// (guest_protocol_stream.py; transfer.go). A bad request is answered at once, alone.
 func (s *server) stream(conn *net.UnixConn, o *jobj, rest []byte) obj {
-	name, _ := o.get("op").(string)
-	if _, err := resolveIdentity(s.user); err != nil {
+	id, err := resolveIdentity(s.user)
+	if err != nil {
 		return errorReply("no such user: " + s.user)
 	}
-	if name == OpUpload {
-		if size, err := intField(o, "size", 0); err == nil && size > int64(len(rest)) {
-			left := size - int64(len(rest))
-			chunk := make([]byte, chunkSize)
-			for left > 0 {
-				conn.SetReadDeadline(time.Now().Add(stallTimeout))
-				n, err := conn.Read(chunk)
-				left -= int64(n)
-				if err != nil {
-					break
-				}
-			}
-		}
-	}
-	return errorReply(name + " is not implemented by the native guest yet")
+	return serveStream(conn, o, rest, s.workdir, id)
 }
 
 // readRequestLine reads up to and including the first newline (or to the end of the stream,

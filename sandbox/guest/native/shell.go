@@ -1,5 +1,7 @@
 // The shell op: a command as `bash -c`, as the user, in its own process group, with the
-// fixed environment, output kept head + tail (guest_shell.py).
+// fixed environment, output kept head + tail (guest_shell.py). In an image without bash (a
+// busybox one) commands run under its sh instead, and a shell call whose output shows it
+// needed bash says so in one line at the end.
 package main
 
 import (
@@ -95,10 +97,14 @@ func setupBashEnv() {
 // commandEnv is the fixed environment every command starts with; extra adds to it or
 // replaces (a name it has keeps its place), in the request's order.
 func commandEnv(id Identity, extra *jobj) []string {
+	shell, usesBashEnv := "/bin/bash", bashEnv.usable
+	if sh, err := findShell(); err == nil && sh.name != "bash" {
+		shell, usesBashEnv = sh.path, false
+	}
 	keys := []string{"PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "SHELL"}
 	vals := map[string]string{
 		"PATH": pathEnv, "HOME": id.Home, "USER": id.Name, "LOGNAME": id.Name,
-		"LANG": "C.UTF-8", "TERM": "dumb", "SHELL": "/bin/bash",
+		"LANG": "C.UTF-8", "TERM": "dumb", "SHELL": shell,
 	}
 	set := func(k, v string) {
 		if _, ok := vals[k]; !ok {
@@ -111,7 +117,7 @@ func commandEnv(id Identity, extra *jobj) []string {
 			set(k, extra.vals[k].(string))
 		}
 	}
-	if bashEnv.usable {
+	if usesBashEnv {
 		set("BASH_ENV", bashEnvPath) // the script unsets it before the command runs
 	}
 	env := make([]string, len(keys))
@@ -121,15 +127,35 @@ func commandEnv(id Identity, extra *jobj) []string {
 	return env
 }
 
+// searchDirs is where lookPath looks: the commands' PATH (the Go unit tests replace it).
+var searchDirs = strings.Split(pathEnv, ":")
+
 // lookPath finds a program in the commands' PATH, as the child's exec would.
 func lookPath(name string) (string, error) {
-	for _, dir := range strings.Split(pathEnv, ":") {
+	for _, dir := range searchDirs {
 		p := dir + "/" + name
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
 			return p, nil
 		}
 	}
 	return "", &startError{errno: syscall.ENOENT, filename: name}
+}
+
+// shell is what commands start under: path, and name for argv[0] (busybox picks its applet
+// by it, and has no bash applet).
+type shell struct{ path, name string }
+
+// findShell: bash, or where the image has none, its sh (busybox's ash, dash), which reads no
+// BASH_ENV. With neither, the error names bash, as it always did.
+func findShell() (shell, error) {
+	path, err := lookPath("bash")
+	if err == nil {
+		return shell{path, "bash"}, nil
+	}
+	if sh, shErr := lookPath("sh"); shErr == nil {
+		return shell{sh, "sh"}, nil
+	}
+	return shell{}, err
 }
 
 // worldSearchable: every directory from / down to path lets anyone enter it, so entering it
@@ -154,14 +180,16 @@ func worldSearchable(path string) bool {
 // bash started in the directory itself, used when anyone may enter it; otherwise, or when
 // entering it fails, a wrapper bash runs enterThen with cwd and args as $1...: it enters the
 // directory as the user and execs the command; it also raises the OOM score when BASH_ENV
-// cannot.
+// cannot. Without bash, sh always goes through the wrapper (it reads no BASH_ENV), and
+// the wrapper's own `exec bash -c` becomes `exec sh -c`.
 func launch(direct []string, enterThen string, args []string, cwd string, id Identity, env []string, mode stderrMode) (*child, error) {
-	bash, err := lookPath("bash")
+	sh, err := findShell()
 	if err != nil {
 		return nil, err
 	}
-	spec := spawnSpec{path: bash, dir: cwd, env: env, ident: id, stderr: mode, bashEnv: bashEnv.usable}
-	if bashEnv.usable && worldSearchable(cwd) {
+	useEnv := bashEnv.usable && sh.name == "bash"
+	spec := spawnSpec{path: sh.path, dir: cwd, env: env, ident: id, stderr: mode, bashEnv: useEnv}
+	if useEnv && worldSearchable(cwd) {
 		spec.argv = direct
 		c, err := spawn(spec)
 		switch errnoOf(err) {
@@ -174,12 +202,40 @@ func launch(direct []string, enterThen string, args []string, cwd string, id Ide
 		}
 	}
 	script := enterThen
-	if !bashEnv.usable {
-		script = oomFirst + enterThen
+	if sh.name != "bash" {
+		script = strings.ReplaceAll(script, "exec bash -c", "exec "+sh.name+" -c")
 	}
-	spec.argv = append([]string{"bash", "-c", script, "bash", cwd}, args...)
+	if !useEnv {
+		script = oomFirst + script
+	}
+	spec.argv = append([]string{sh.name, "-c", script, sh.name, cwd}, args...)
 	spec.dir = "/"
 	return spawn(spec)
+}
+
+// noBashNote ends a shell call's output when the image has no bash and the output shows the
+// command needed it: the model learns why, instead of guessing at sh's terse error.
+const noBashNote = "(no bash in this image: commands run with /bin/sh)\n"
+
+// bashOnly: commands sh (busybox's ash, dash) lacks that bash users reach for; "NAME: not
+// found" in the output names one.
+var bashOnly = []string{"bash", "declare", "typeset", "shopt", "mapfile", "readarray", "pushd", "popd",
+	"complete", "compgen", "source", "let", "[["}
+
+// neededBash: sh's words for bash syntax it cannot parse (ash: "syntax error: bad
+// substitution", "syntax error: unexpected \"(\""; dash: "Syntax error", "Bad substitution")
+// or for a bash builtin it does not have.
+func neededBash(output string) bool {
+	lower := strings.ToLower(output)
+	if strings.Contains(lower, "syntax error") || strings.Contains(lower, "bad substitution") {
+		return true
+	}
+	for _, name := range bashOnly {
+		if strings.Contains(output, name+": not found") {
+			return true
+		}
+	}
+	return false
 }
 
 // pathJoin is Python's os.path.join(a, b): b when absolute, else a + "/" + b, and nothing
@@ -398,6 +454,7 @@ func runShell(req *jobj, workdir string, id Identity) (obj, error) {
 	oomBefore, oomOK := oomCounter()
 	started := time.Now()
 	env := commandEnv(id, nil)
+	_, noBash := lookPath("bash")
 	c, err := launch([]string{"bash", "-c", command}, cdThenRun, []string{command}, pathJoin(workdir, cwd), id, env, stderrMerged)
 	if err != nil {
 		// EAGAIN from fork means the container's pids limit is used up, by the model's own
@@ -406,6 +463,14 @@ func runShell(req *jobj, workdir string, id Identity) (obj, error) {
 	}
 	buf := NewHeadTailBuffer(cap)
 	timedOut, ws := runCommand(c, id, []*pipeReader{readPipe(c.stdout, buf)}, deadlineAfter(started, timeout))
+	if noBash != nil {
+		if text := buf.Text(); neededBash(text) {
+			if text != "" && !strings.HasSuffix(text, "\n") {
+				buf.Write([]byte("\n"))
+			}
+			buf.Write([]byte(noBashNote))
+		}
+	}
 	return commandReply(ws, timedOut, oomBefore, oomOK, started,
 		kv{"output", buf.Text()}, kv{"output_bytes", buf.Total}, kv{"truncated_bytes", buf.Dropped()}), nil
 }

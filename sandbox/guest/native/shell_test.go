@@ -1,10 +1,14 @@
 package main
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
-// As test_guest.py's test_oom_evidence_needs_sigkill_and_a_counter_increase.
+// oom_killed needs both a SIGKILL without a timeout and the OOM counter grown meanwhile.
 func TestOOMEvidenceNeedsSigkillAndACounterIncrease(t *testing.T) {
 	n := int64(0)
 	oomCounter = func() (int64, bool) { n++; return n, true }
@@ -83,5 +87,62 @@ func TestCommandsGetTheOOMScoreWithOrWithoutTheScript(t *testing.T) {
 				t.Fatalf("script %v: %v", withScript, r)
 			}
 		}
+	}
+}
+
+// An image without bash (busybox's): commands run under sh, with the OOM score, no BASH_ENV
+// and no extra descriptor, through the wrapper whatever the cwd; a shell call whose output
+// shows it needed bash ends with one line that says so, and only then.
+func TestWithoutBashCommandsRunUnderShAndSaySoWhenTheyNeedBash(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh on this machine")
+	}
+	dirs := searchDirs
+	defer func() { searchDirs = dirs }()
+	bin := t.TempDir()
+	if err := os.Symlink(sh, filepath.Join(bin, "sh")); err != nil {
+		t.Fatal(err)
+	}
+	searchDirs = []string{bin}
+	run := func(js string) obj {
+		req, err := decodeJSON([]byte(js))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return handle(req, t.TempDir(), "")
+	}
+	// dash keeps a descriptor of its own (10): fd 3, the BASH_ENV script's, is what must be shut.
+	probe := `cat /proc/self/oom_score_adj; echo ${BASH_ENV-none} $SHELL; ls /proc/$$/fd/3 2>/dev/null || echo no fd 3`
+	if r := run(`{"op": "shell", "command": "` + probe + `"}`); field(r, "output") != "1000\nnone "+filepath.Join(bin, "sh")+"\nno fd 3\n" {
+		t.Fatalf("%v", r)
+	}
+	if r := run(`{"op": "exec", "command": "echo $0"}`); field(r, "stdout") != "sh\n" || field(r, "exit_code") != 0 {
+		t.Fatalf("%v", r)
+	}
+	if r := run(`{"op": "exec", "argv": ["echo", "a b"]}`); field(r, "stdout") != "a b\n" {
+		t.Fatalf("%v", r)
+	}
+	for command, needs := range map[string]bool{
+		`echo hi | tr a-z A-Z; exit 3`:      false,
+		`nosuchprogram`:                     false, // 127, but nothing bash would have had
+		`x=ab; echo ${x^^}`:                 true,  // bad substitution
+		`a=(1 2); echo ${a[1]}`:             true,  // syntax error
+		`shopt -s nullglob`:                 true,
+		`printf 'no newline'; declare -A m`: true,
+	} {
+		req := &jobj{keys: []string{"op", "command"}, vals: map[string]any{"op": "shell", "command": command}}
+		r := handle(req, t.TempDir(), "")
+		out := field(r, "output").(string)
+		if strings.HasSuffix(out, "\n"+noBashNote) != needs || strings.Count(out, noBashNote) > 1 {
+			t.Fatalf("%q: %v", command, r)
+		}
+		if field(r, "output_bytes") != int64(len(out)) {
+			t.Fatalf("%q: output_bytes: %v", command, r)
+		}
+	}
+	searchDirs = dirs // bash again: no note, whatever the output
+	if r := run(`{"op": "shell", "command": "echo syntax error: bad substitution"}`); field(r, "output") != "syntax error: bad substitution\n" {
+		t.Fatalf("%v", r)
 	}
 }

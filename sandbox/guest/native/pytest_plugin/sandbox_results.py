@@ -1,4 +1,5 @@
-"""pytest plugin the grader loads into every test run (`-p sandbox_results`, guest_tests.py).
+"""pytest plugin the grader loads into every test run (`-p sandbox_results`: native/tests.go,
+which embeds this file in the guest binary).
 
 It writes one JSON line per test phase to the pipe $SANDBOX_REPORTS_FD (the guest reads the
 other end), as pytest decides it, plus a first line when the session starts and a last one
