@@ -128,12 +128,18 @@ type spawnSpec struct {
 	ident   Identity
 	stderr  stderrMode
 	bashEnv bool // pass the BASH_ENV script as fd 3 (shell.go)
+	// extra: descriptors passed after those (run_tests' report pipe, tests_run.go).
+	extra []uintptr
+	// feedStdin: stdin is a pipe the guest writes (an upload's writer, transfer.go), returned
+	// as child.stdin; otherwise /dev/null.
+	feedStdin bool
 }
 
 // child: a process started on record, with the read ends of its output pipes (pollable:
 // reading them parks a goroutine, not a thread).
 type child struct {
 	pid    int
+	stdin  *os.File // the write end of its stdin, with spawnSpec.feedStdin
 	stdout *os.File
 	stderr *os.File // nil when merged
 }
@@ -173,22 +179,26 @@ func spawn(spec spawnSpec) (*child, error) {
 var startHook func(path string, argv []string, attr *syscall.ProcAttr) (int, error)
 
 func spawnOnce(spec spawnSpec) (*child, error) {
-	null, err := devNullFD()
+	stdin, inR, inW, err := stdinFor(spec)
 	if err != nil {
 		return nil, &startError{errno: errnoOf(err)}
+	}
+	if inR != nil {
+		defer inR.Close()
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
+		closeAll(inW)
 		return nil, &startError{errno: errnoOf(err)}
 	}
 	defer outW.Close()
-	files := []uintptr{uintptr(null), outW.Fd(), outW.Fd()}
+	files := []uintptr{stdin, outW.Fd(), outW.Fd()}
 	var errR *os.File
 	if spec.stderr == stderrPipe {
 		var errW *os.File
 		errR, errW, err = os.Pipe()
 		if err != nil {
-			outR.Close()
+			closeAll(outR, inW)
 			return nil, &startError{errno: errnoOf(err)}
 		}
 		defer errW.Close()
@@ -197,6 +207,7 @@ func spawnOnce(spec spawnSpec) (*child, error) {
 	if spec.bashEnv {
 		files = append(files, uintptr(bashEnv.fd))
 	}
+	files = append(files, spec.extra...)
 	sys := &syscall.SysProcAttr{Setpgid: true}
 	if spec.ident.Switch {
 		sys.Credential = &syscall.Credential{Uid: spec.ident.UID, Gid: spec.ident.GID, Groups: spec.ident.Groups}
@@ -214,10 +225,7 @@ func spawnOnce(spec spawnSpec) (*child, error) {
 	}
 	procMu.Unlock()
 	if err != nil {
-		outR.Close()
-		if errR != nil {
-			errR.Close()
-		}
+		closeAll(outR, errR, inW)
 		se := &startError{errno: errnoOf(err)}
 		if !isRetryable(err) && se.errno != 0 {
 			se.filename = spec.argv[0] // the program (or its directory) could not be entered
@@ -227,7 +235,32 @@ func spawnOnce(spec spawnSpec) (*child, error) {
 		}
 		return nil, se
 	}
-	return &child{pid: pid, stdout: outR, stderr: errR}, nil
+	if inW != nil {
+		setPipeSize(inW)
+	}
+	return &child{pid: pid, stdout: outR, stderr: errR, stdin: inW}, nil
+}
+
+// stdinFor: the child's stdin, /dev/null, or the read end of a pipe (the child's own copy is
+// made at fork; the caller closes this one) with the write end the guest feeds.
+func stdinFor(spec spawnSpec) (fd uintptr, inR, inW *os.File, err error) {
+	if !spec.feedStdin {
+		null, err := devNullFD()
+		return uintptr(null), nil, nil, err
+	}
+	inR, inW, err = os.Pipe()
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	return inR.Fd(), inR, inW, nil
+}
+
+func closeAll(files ...*os.File) {
+	for _, f := range files {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // closeInheritedOnExec marks every descriptor the guest inherited above stderr close-on-exec:

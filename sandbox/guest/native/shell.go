@@ -182,13 +182,14 @@ func worldSearchable(path string) bool {
 // directory as the user and execs the command; it also raises the OOM score when BASH_ENV
 // cannot. Without bash, sh always goes through the wrapper (it reads no BASH_ENV), and
 // the wrapper's own `exec bash -c` becomes `exec sh -c`.
-func launch(direct []string, enterThen string, args []string, cwd string, id Identity, env []string, mode stderrMode) (*child, error) {
+func launch(direct []string, enterThen string, args []string, cwd string, id Identity, env []string, mode stderrMode,
+	extra ...uintptr) (*child, error) {
 	sh, err := findShell()
 	if err != nil {
 		return nil, err
 	}
 	useEnv := bashEnv.usable && sh.name == "bash"
-	spec := spawnSpec{path: sh.path, dir: cwd, env: env, ident: id, stderr: mode, bashEnv: useEnv}
+	spec := spawnSpec{path: sh.path, dir: cwd, env: env, ident: id, stderr: mode, bashEnv: useEnv, extra: extra}
 	if useEnv && worldSearchable(cwd) {
 		spec.argv = direct
 		c, err := spawn(spec)

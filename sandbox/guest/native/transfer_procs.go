@@ -92,53 +92,14 @@ func helperSpec(script string, args []string, id Identity, mode stderrMode) (spa
 	return spawnSpec{path: sh.path, argv: argv, dir: "/", env: helperEnv(id), ident: id, stderr: mode}, nil
 }
 
-// spawnFed is procs.go's spawn with stdin a pipe the guest feeds (an upload's writer), stdout
-// and stderr one pipe: a start on record under procMu, retried for want of a resource.
+// spawnFed is spawn (procs.go) with stdin a pipe the guest feeds (an upload's writer).
 func spawnFed(spec spawnSpec) (*child, *os.File, error) {
-	end := time.Now().Add(startRetry)
-	for {
-		c, in, err := spawnFedOnce(spec)
-		if err == nil || !isRetryable(err) || !time.Now().Before(end) {
-			return c, in, err
-		}
-		time.Sleep(startNap)
-	}
-}
-
-func spawnFedOnce(spec spawnSpec) (*child, *os.File, error) {
-	inR, inW, err := os.Pipe()
+	spec.feedStdin = true
+	c, err := spawn(spec)
 	if err != nil {
-		return nil, nil, &startError{errno: errnoOf(err)}
+		return nil, nil, err
 	}
-	defer inR.Close()
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		inW.Close()
-		return nil, nil, &startError{errno: errnoOf(err)}
-	}
-	defer outW.Close()
-	sys := &syscall.SysProcAttr{Setpgid: true}
-	if spec.ident.Switch {
-		sys.Credential = &syscall.Credential{Uid: spec.ident.UID, Gid: spec.ident.GID, Groups: spec.ident.Groups}
-	}
-	attr := &syscall.ProcAttr{Dir: spec.dir, Env: spec.env, Files: []uintptr{inR.Fd(), outW.Fd(), outW.Fd()}, Sys: sys}
-	procMu.Lock()
-	pid, err := syscall.ForkExec(spec.path, spec.argv, attr)
-	if err == nil {
-		running[pid] = true
-	}
-	procMu.Unlock()
-	if err != nil {
-		inW.Close()
-		outR.Close()
-		se := &startError{errno: errnoOf(err)}
-		if !isRetryable(err) {
-			se.filename = spec.argv[0]
-		}
-		return nil, nil, se
-	}
-	setPipeSize(inW)
-	return &child{pid: pid, stdout: outR}, inW, nil
+	return c, c.stdin, nil
 }
 
 func setPipeSize(f *os.File) {
