@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +106,11 @@ def reconcile() -> dict[str, int]:
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
     rt = runtime()
+    try:
+        rt.backend  # noqa: B018 - built now: a missing guest binary means no sandbox could ever start
+    except ValueError as exc:
+        log.critical("the worker cannot serve: %s", exc)
+        os._exit(78)  # EX_CONFIG; a signal handler's exception would only be logged, and the worker run on
     metrics.init_metrics()
     port = rt.settings.worker_metrics_port
     if port:
