@@ -24,7 +24,7 @@ const (
 
 	// The command's directory is entered as the user: ForkExec's chdir comes after the uid
 	// switch. Where that fails, a wrapper bash enters it (or falls back to home, then /)
-	// exactly as the Python guest's does, with the same words on failure.
+	// the same way every time, with the same words on failure.
 	cdThenRun = `cd -- "$1" 2>/dev/null || cd -- "$HOME" 2>/dev/null || cd /; exec bash -c "$2"`
 	// What the BASH_ENV script does, for when it cannot be used: the wrapper shell raises its
 	// own OOM score, and exec keeps it.
@@ -34,8 +34,8 @@ const (
 // bashEnv: every command's bash sources this script (BASH_ENV) before the command's code.
 // It raises the command's oom_score_adj to 1000, so the container's OOM killer takes the
 // model's processes before the guest (an unprivileged process may raise its own score), and
-// takes BASH_ENV out of the command's environment. The Python guest points BASH_ENV at
-// guest_bash_env.sh beside it; this binary has no file beside it, so the script is a sealed
+// takes BASH_ENV out of the command's environment. This binary has no file beside it to point
+// BASH_ENV at (it is bind-mounted alone into any image), so the script is a sealed
 // memfd passed to bash as fd 3 and named /proc/self/fd/3 (a memfd is a regular file anyone
 // may open through that link; a pipe made by root is not). The script closes fd 3 first:
 // the command never sees it, and the seals keep the script from being changed through it.
@@ -159,8 +159,7 @@ func findShell() (shell, error) {
 }
 
 // worldSearchable: every directory from / down to path lets anyone enter it, so entering it
-// directly is what the wrapper would do (the Python guest takes the same two roads on the
-// same test, so both guests give a command the same $PWD).
+// directly is what the wrapper would do (so both roads give a command the same $PWD).
 func worldSearchable(path string) bool {
 	current := "/"
 	for _, part := range strings.Split(filepath.Clean("/"+path), "/") {

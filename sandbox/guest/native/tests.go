@@ -123,8 +123,8 @@ func runTests(req *jobj, workdir string, id Identity) (obj, error) {
 	), nil
 }
 
-// internalError is what the Python guest answers as "internal error: <type>: <message>" (an
-// exception other than OSError where it would raise one).
+// internalError is answered as "internal error: <type>: <message>", in the words the
+// protocol has always used for a failure that is not an OS error (Python's exception names).
 type internalError string
 
 func (e internalError) Error() string { return string(e) }

@@ -107,7 +107,7 @@ func (p *reportPipe) collect() string {
 // --- reading what the runner produced (its processes are all dead by now) ------------------
 
 // readCapped is a regular file's first limit bytes as text; ok false when absent, a symlink
-// or not a regular file. err: a read that failed once open (the Python guest's exception).
+// or not a regular file. err: a read that failed once open.
 func readCapped(path string, limit int) (text string, ok bool, err error) {
 	if strings.ContainsRune(path, 0) {
 		return "", false, internalError("ValueError: embedded null byte")
@@ -144,7 +144,7 @@ func readCapped(path string, limit int) (text string, ok bool, err error) {
 }
 
 // junitReports: the XML files the runner left directly in the results directory, within
-// maxResultsBytes in all (counted as the text's UTF-8, as the Python guest counts it).
+// maxResultsBytes in all (counted as the text's UTF-8).
 func junitReports(results string) []string {
 	reports := []string{}
 	d, err := os.Open(results)

@@ -12,13 +12,12 @@ import (
 	"time"
 )
 
-// errNUL is what the Python guest's os calls raise for a path with a NUL (a reward_file can
-// have one: the protocol does not forbid it).
+// errNUL is the protocol's answer for a path with a NUL (a reward_file can have one: the
+// protocol does not forbid it), in the words it has always used.
 const errNUL = internalError("ValueError: embedded null byte")
 
 // prepare sets the stage: steps 2-4 of tests.go (what it looks for: tests_config.go and
-// tests_shadow.go). It returns the results directory, HOME and the plugin's directory. A badRequest (a path of the request refused on its turn, as the
-// Python guest refuses it) or internalError stops it like an OS error, partway.
+// tests_shadow.go). It returns the results directory, HOME and the plugin's directory. A badRequest (a path of the request refused on its turn) or internalError stops it like an OS error, partway.
 func prepare(workdir string, r testsRequest, owner *[2]int) (results, home, plugin string, err error) {
 	for _, rel := range r.restore {
 		parts, err := pathParts(rel)
