@@ -3,7 +3,9 @@ process over its real unix socket, or once mode on its command line."""
 
 from __future__ import annotations
 
+import atexit
 import base64
+import functools
 import json
 import os
 import pwd
@@ -36,7 +38,21 @@ def build_native_guest() -> Path:
     done = subprocess.run([str(BUILD)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"build.sh failed:\n{done.stdout}{done.stderr}"
     assert BINARY.is_file() and os.access(BINARY, os.X_OK)
-    return BINARY
+    return installed_guest()
+
+
+@functools.cache
+def installed_guest() -> Path:
+    """A copy of the binary where any user may run it, as /opt/sandbox-guest is in a sandbox:
+    the guest runs itself as the user where an image lacks cat or tar, and a checkout may sit in
+    a directory only root can enter (CI's `mktemp -d`)."""
+    place = Path(tempfile.mkdtemp(prefix="sandbox-guest-"))
+    place.chmod(0o755)
+    copy = place / BINARY.name
+    shutil.copy2(BINARY, copy)
+    copy.chmod(0o755)
+    atexit.register(shutil.rmtree, place, True)
+    return copy
 
 
 def start_server(
@@ -44,7 +60,7 @@ def start_server(
 ) -> subprocess.Popen[bytes]:
     """`serve` as `user`, up once it answers a ping. GUEST_TEST_LEAK must not reach commands."""
     proc = subprocess.Popen(
-        [*prefix, str(BINARY), "serve", "--socket", str(sock), "--user", user, "--workdir", str(workdir)],
+        [*prefix, str(installed_guest()), "serve", "--socket", str(sock), "--user", user, "--workdir", str(workdir)],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=dict(os.environ, GUEST_TEST_LEAK="leaked"),
@@ -95,7 +111,7 @@ def normalized(raw: bytes) -> bytes:
 def run_once(payload: bytes, workdir: Path, user: str = USER) -> subprocess.CompletedProcess[str]:
     arg = base64.b64encode(payload).decode()
     return subprocess.run(
-        [str(BINARY), "once", arg, "--user", user, "--workdir", str(workdir)],
+        [str(installed_guest()), "once", arg, "--user", user, "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         timeout=20,

@@ -468,3 +468,21 @@ def test_pids_exhaustion_is_reported_and_survived(native_guest: Path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0, log.read_text()
         shutil.rmtree(base)
+
+
+def test_commands_start_with_no_signal_ignored_whatever_the_guest_inherited(tmp_path: Path, native_guest: Path):
+    """An ignored signal survives exec: a guest handed SIGINT and SIGHUP ignored (a shell's
+    background job, a test harness) must not hand them on to the model's commands."""
+    request = base64.b64encode(json.dumps({"op": "shell", "command": "grep SigIgn /proc/self/status"}).encode())
+
+    def ignore_some() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    done = subprocess.run(
+        [str(native_guest), "once", request.decode(), "--workdir", str(tmp_path)],
+        preexec_fn=ignore_some,
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(done.stdout)["output"] == "SigIgn:\t0000000000000000\n"

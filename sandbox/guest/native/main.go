@@ -38,6 +38,7 @@ func main() {
 	if code >= 0 {
 		os.Exit(code)
 	}
+	defaultIgnoredSignals()
 	if opts.mode == "supervise" {
 		restoreFileLimit() // the guest it starts inherits the container's own limit
 		os.Exit(supervise(os.Args[2:]))
