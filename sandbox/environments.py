@@ -19,7 +19,14 @@ from pydantic import ValidationError
 from . import harbor, workspaces
 from .config import Settings
 from .domain.environment import DEFAULT, DEFAULT_RUNTIME, Environment, EnvironmentSpec, check_name, digest_of
-from .domain.errors import ImageUnavailable, SandboxError, UnknownEnvironment, UnsupportedRuntime, WorkspaceInvalid
+from .domain.errors import (
+    ImageUnavailable,
+    LimitsUnsatisfiable,
+    SandboxError,
+    UnknownEnvironment,
+    UnsupportedRuntime,
+    WorkspaceInvalid,
+)
 from .domain.hosts import views
 from .domain.images import canonical
 from .store import Store
@@ -55,6 +62,7 @@ class EnvironmentRegistry:
             files = workspaces.list_files(ws.type, resolved, commit)
         self._check_runtime(spec)
         self._check_image(spec)
+        self._check_cpus(spec)
         if spec.tests is not None and spec.tests.dir is not None:  # read at grade time: checked now
             hidden = workspaces.confine(spec.tests.dir, self.settings.workspace_root_list)
             if not hidden.is_dir():
@@ -98,6 +106,19 @@ class EnvironmentRegistry:
             f"image {spec.image!r} is on no sandbox host ({len(listed)} checked), and images are never pulled: "
             "build or `docker load` it on the hosts, then register again (hosts list their images every 10 s)"
         )
+
+    def _check_cpus(self, spec: EnvironmentSpec) -> None:
+        """Refuse, now, more CPUs than any host's machine has: the engine refuses such a container
+        ("Range of CPUs is from 0.01 to N"), so every rollout would fail to provision."""
+        wanted = spec.limits.cpus
+        if not wanted:
+            return
+        machines = [v.cpus for v in views(self.store.hosts.registrations()).values() if v.cpus]
+        if machines and wanted > max(machines):
+            raise LimitsUnsatisfiable(
+                f"limits.cpus {wanted:g}: no sandbox host has that many CPUs (the largest has {max(machines)}); "
+                "ask for at most that many"
+            )
 
     def get(self, name: str) -> Environment:
         """The named environment; `default` exists even when nobody registered it. Raises UnknownEnvironment."""

@@ -65,6 +65,10 @@ class Backend(Protocol):
         """The OCI runtimes this engine can run containers with (runc, and runsc when gVisor is set up)."""
         ...
 
+    def cpus(self) -> int:
+        """The CPUs the engine's machine has: no container may be given more."""
+        ...
+
     def image_names(self) -> tuple[str, ...]:
         """Every local image's tags (`repo:tag`) and ids: what an environment may name on this host."""
         ...

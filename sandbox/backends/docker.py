@@ -201,6 +201,10 @@ class DockerBackend:
         with _engine_errors():
             return tuple(sorted((self.client.info().get("Runtimes") or {}).keys()))
 
+    def cpus(self) -> int:
+        with _engine_errors():
+            return int(self.client.info().get("NCPU") or 0)
+
     def container_events(self, labels: dict[str, str], since: float) -> Iterator[tuple[str, str]]:
         """(event, container id) for each container of `labels` created or destroyed from `since`
         (the engine replays what happened since then first), as the engine reports them. One

@@ -99,6 +99,13 @@ class ImageUnavailable(BadRequest):
     code = "image_unavailable"
 
 
+class LimitsUnsatisfiable(BadRequest):
+    """An environment asks for more than any sandbox host has (CPUs): the engine would refuse
+    every container of it."""
+
+    code = "limits_unsatisfiable"
+
+
 class InvalidGradeRequest(BadRequest):
     """The grade request or its dataset row cannot be graded as written."""
 

@@ -60,6 +60,11 @@ class HostView:
         return frozenset(i for i in listed.split(",") if i) if listed else None
 
     @property
+    def cpus(self) -> int | None:
+        """The CPUs its engine's machine has; None when it has not said (an older worker, an engine down)."""
+        return int(self.info["cpus"]) if str(self.info.get("cpus") or "").isdigit() else None
+
+    @property
     def runtimes(self) -> frozenset[str]:
         """The OCI runtimes its engine offers (runc; runsc where gVisor is set up)."""
         return frozenset(r for r in (self.info.get("runtimes") or "runc").split(",") if r)

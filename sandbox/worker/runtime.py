@@ -44,6 +44,7 @@ class WorkerRuntime:
         self._views: dict[str, HostView] = {}
         self._views_at = -1e9
         self._runtimes, self._runtimes_at = "", -1e9
+        self._cpus = 0
         self._images, self._images_at = "", -1e9
 
     @cached_property
@@ -202,6 +203,7 @@ class WorkerRuntime:
             "capacity": h.capacity,
             "containers": containers,
             "runtimes": runtimes,  # an environment asking for a runtime no host offers is refused
+            "cpus": self._cpus,  # so is one asking for more CPUs than any host's machine has
             "images": images,  # so is one whose image no host holds
             "quarantined_until": self.failures.quarantined_until(),
             "down_after_s": h.heartbeat_s * h.down_after_beats,
@@ -211,11 +213,12 @@ class WorkerRuntime:
         }
 
     def _engine_runtimes(self) -> str:
-        """The engine's runtimes, asked at most once a minute: they change only when it restarts,
-        and the engine's info call is not free on a host with hundreds of containers."""
+        """The engine's runtimes (and its machine's CPUs), asked at most once a minute: they change
+        only when it restarts, and the engine's info call is not free with hundreds of containers."""
         now = time.monotonic()
         if now - self._runtimes_at > RUNTIMES_REFRESH_S:
-            self._runtimes, self._runtimes_at = ",".join(self.backend.runtimes()), now
+            self._runtimes, self._cpus = ",".join(self.backend.runtimes()), self.backend.cpus()
+            self._runtimes_at = now
         return self._runtimes
 
     def _engine_images(self) -> str:

@@ -139,6 +139,11 @@ def test_images_and_engine_health(backend: Backend) -> None:
         backend.create(SandboxSpec(**{**spec.__dict__, "image": "no-such-image:x"}))
 
 
+def test_the_engine_says_how_many_cpus_its_machine_has(backend: Backend) -> None:
+    """What registration checks an environment's limits.cpus against."""
+    assert backend.cpus() >= 1
+
+
 def test_a_runtime_the_engine_lacks_is_a_provisioning_failure_not_an_engine_one(backend: Backend) -> None:
     """Never EngineUnavailable: that would count towards quarantining a healthy host."""
     spec = spec_for(backend)

@@ -56,6 +56,7 @@ class InMemoryBackend:
         self, images: Iterable[str] = ("rollout-sandbox:bookworm",), runtimes: Iterable[str] = ("runc",)
     ) -> None:
         self.offered_runtimes = tuple(runtimes)
+        self.machine_cpus = 2  # what the engine says its machine has (cpus())
         self.containers: dict[str, FakeContainer] = {}
         self.images: dict[str, FakeImage] = {}
         for name in images:
@@ -177,6 +178,10 @@ class InMemoryBackend:
     def runtimes(self) -> tuple[str, ...]:
         self._engine()
         return tuple(self.offered_runtimes)
+
+    def cpus(self) -> int:
+        self._engine()
+        return self.machine_cpus
 
     def image_names(self) -> tuple[str, ...]:
         self._engine()

@@ -96,6 +96,7 @@ class FakeHost:
             "down_after_s": 20.0,
             "runtimes": ",".join(self.backend.offered_runtimes),
             "images": ",".join(self.backend.image_names()),
+            "cpus": self.backend.machine_cpus,
         }
         registration.update(info)
         self.store.hosts.register(self.settings.host_id, registration)

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from sandbox.domain.environment import EnvironmentSpec
-from sandbox.domain.errors import ImageUnavailable
+from sandbox.domain.errors import ImageUnavailable, LimitsUnsatisfiable
 from sandbox.domain.images import canonical, reference_problem
 from tests.unit.conftest import MakeWorld
 
@@ -74,3 +74,25 @@ def test_with_no_host_listing_images_the_image_is_taken_on_trust(make_world: Mak
     w.host.beat(images="")
     w.registry.register("early", EnvironmentSpec(image="not/yet:loaded"))
     assert "early" in w.registry.names()
+
+
+def test_more_cpus_than_any_host_has_is_refused_and_as_many_is_not(make_world: MakeWorld) -> None:
+    """The engine refuses a container with more CPUs than its machine has ("Range of CPUs is from
+    0.01 to 2.00"): every rollout would fail to provision, so registration says so (the fuzzer
+    found it as a 503 provision_failed)."""
+    w = make_world()
+    w.backend.machine_cpus = 2
+    w.host.beat()
+    with pytest.raises(LimitsUnsatisfiable) as refused:
+        w.registry.register("greedy", EnvironmentSpec(limits={"cpus": 3}))
+    assert refused.value.http_status == 400 and "the largest has 2" in refused.value.message
+    assert "greedy" not in w.registry.names()
+    w.registry.register("fits", EnvironmentSpec(limits={"cpus": 2}))
+    assert "fits" in w.registry.names()
+
+
+def test_cpus_are_taken_on_trust_while_no_host_has_said_how_many_it_has(make_world: MakeWorld) -> None:
+    w = make_world()
+    w.host.beat(cpus="")  # an older worker, or an engine that was down at its last look
+    w.registry.register("trusting", EnvironmentSpec(limits={"cpus": 3}))
+    assert "trusting" in w.registry.names()
