@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -98,6 +99,7 @@ class Sandboxes:
     def remove(self) -> None:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda c: c.remove(force=True), self.containers))
+        shutil.rmtree(self.run_dir, ignore_errors=True)  # the guests' socket directories
 
 
 def cpu_ns(container_id: str) -> int:
