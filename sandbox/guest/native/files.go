@@ -351,6 +351,12 @@ func catMain(args []string) int {
 	if err != nil {
 		return fail(err)
 	}
+	return pumpToStdout(fd, fail, fail)
+}
+
+// pumpToStdout copies fd to stdout until its end: 0, or what readFail or writeFail make of the
+// first error (the cat stand-ins of files.go and transfer_modes.go, each in cat's own words).
+func pumpToStdout(fd int, readFail, writeFail func(error) int) int {
 	buf := make([]byte, chunkSize)
 	for {
 		n, err := syscall.Read(fd, buf)
@@ -358,7 +364,7 @@ func catMain(args []string) int {
 			continue
 		}
 		if err != nil {
-			return fail(err)
+			return readFail(err)
 		}
 		if n == 0 {
 			return 0
@@ -369,7 +375,7 @@ func catMain(args []string) int {
 				continue
 			}
 			if err != nil {
-				return fail(err)
+				return writeFail(err)
 			}
 			off += w
 		}

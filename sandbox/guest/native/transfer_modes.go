@@ -48,31 +48,9 @@ func why(err error) string {
 }
 
 func copyMain() int {
-	buf := make([]byte, chunkSize)
-	for {
-		n, err := syscall.Read(0, buf)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			say("cat: -: " + strerror(err.(syscall.Errno)))
-			return 1
-		}
-		if n == 0 {
-			return 0
-		}
-		for off := 0; off < n; {
-			w, err := syscall.Write(1, buf[off:n])
-			if err == syscall.EINTR {
-				continue
-			}
-			if err != nil {
-				say("cat: write error: " + strerror(err.(syscall.Errno)))
-				return 1
-			}
-			off += w
-		}
-	}
+	return pumpToStdout(0,
+		func(err error) int { say("cat: -: " + strerror(err.(syscall.Errno))); return 1 },
+		func(err error) int { say("cat: write error: " + strerror(err.(syscall.Errno))); return 1 })
 }
 
 // --- tar: a directory out ------------------------------------------------------------------
